@@ -1,0 +1,57 @@
+"""``python -m preprocess {shard,build-face-model,preview}``: jsonargparse CLI over the job dataclasses."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from preprocess.config import BuildFaceModelJob, PreviewJob, ShardJob
+from preprocess.errors import ConfigError
+
+COMMANDS = {"shard": ShardJob, "build-face-model": BuildFaceModelJob, "preview": PreviewJob}
+
+
+def make_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m preprocess", description="Offline preprocessing: raw talking-face videos -> WebDataset shards.")
+    sub = parser.add_subcommands(dest="command")
+    for name, cls in COMMANDS.items():
+        p = ArgumentParser(description=(cls.__doc__ or "").strip(), exit_on_error=True)
+        p.add_argument("--config", action=ActionConfigFile, help="YAML preset(s), e.g. configs/preprocess/voxceleb1.yaml; later flags override")
+        p.add_class_arguments(cls, nested_key=None, as_group=False)
+        sub.add_subcommand(name, p, help=(cls.__doc__ or "").strip().splitlines()[0])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    cfg = parser.parse_args(argv)
+    name = cfg.command
+    # top-level fields come back as a Namespace, nested dataclasses (track, crop, ...) already built
+    fields = vars(parser.instantiate(cfg)[name])
+    try:
+        job = COMMANDS[name](**{k: v for k, v in fields.items() if k != "config"})
+        if name == "shard":
+            from preprocess.runner import run_shard
+
+            return run_shard(job)
+        if name == "preview":
+            from preprocess.preview import contact_sheet
+
+            contact_sheet(job.shards, job.out, job.max_samples, job.face_model)
+            return 0
+        from preprocess.face_model_build import run_build
+
+        return run_build(job)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: complete shards are kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def console_main() -> None:
+    """Entry point of the ``realtalk-preprocess`` console script."""
+    sys.exit(main())

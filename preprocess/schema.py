@@ -1,0 +1,106 @@
+"""The shard contract (ARCHITECTURE §3): one WebDataset sample = one clip.
+
+Writers build samples with :func:`encode_sample`; readers decode with :func:`decode_sample`
+and call :func:`check_compatible` before training on a shard set.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Any
+
+import numpy as np
+
+from preprocess.media import decode_mp4, read_wav
+
+SCHEMA_VERSION = 1
+MEMBERS = ("frames.mp4", "audio.wav", "audio_feats.npy", "coeffs.npz", "meta.json")
+COEFF_KEYS = ("shape", "exp", "pose", "camera", "lmk", "crop", "valid")
+"""coeffs.npz arrays, all with T rows: ``shape`` [T, Ds] α, ``exp`` [T, De] β, ``pose`` [T, 6]
+axis-angle + translation (mm), ``camera`` [T, 3] (px per mm, cx, cy), ``lmk`` [T, 478, 2]
+MediaPipe landmarks in crop pixels, ``crop`` [T, 2, 3] affine source px -> crop px,
+``valid`` [T] bool (False: face not seen, landmarks interpolated)."""
+
+
+def make_key(*parts: str | int) -> str:
+    """Stable sample key: parts joined by "_"; anything but letters, digits, "_" and "-" becomes "-"."""
+    return "_".join(re.sub(r"[^A-Za-z0-9_-]+", "-", str(p)).strip("-_") for p in parts)
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_sample(key: str, frames_mp4: bytes, audio_wav: bytes, feats: np.ndarray, coeffs: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, Any]:
+    """A WebDataset sample dict (member name -> bytes) for one clip."""
+    if "." in key:
+        raise ValueError(f"sample key must not contain dots: {key!r}")
+    missing = set(COEFF_KEYS) - set(coeffs)
+    if missing:
+        raise ValueError(f"coeffs.npz is missing {sorted(missing)}")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: coeffs[k] for k in COEFF_KEYS})
+    return {
+        "__key__": key,
+        "frames.mp4": frames_mp4,
+        "audio.wav": audio_wav,
+        "audio_feats.npy": _npy(feats.astype(np.float16)),
+        "coeffs.npz": buf.getvalue(),
+        "meta.json": json.dumps(meta, sort_keys=True).encode(),
+    }
+
+
+def decode_sample(sample: dict[str, Any], frames: bool = True) -> dict[str, Any]:
+    """Decode the members of one raw sample (bytes) into arrays; ``frames=False`` skips the video."""
+    out: dict[str, Any] = {"__key__": sample["__key__"], "meta": json.loads(sample["meta.json"])}
+    with np.load(io.BytesIO(sample["coeffs.npz"]), allow_pickle=False) as z:
+        out["coeffs"] = {k: z[k] for k in COEFF_KEYS}
+    out["audio_feats"] = np.load(io.BytesIO(sample["audio_feats.npy"]), allow_pickle=False)
+    out["audio"], out["audio_rate"] = read_wav(sample["audio.wav"])
+    if frames:
+        out["frames"] = decode_mp4(sample["frames.mp4"])
+    return out
+
+
+def validate_sample(d: dict[str, Any]) -> list[str]:
+    """Contract violations of a decoded sample (empty list = conforms)."""
+    problems = []
+    meta, c = d["meta"], d["coeffs"]
+    t = int(meta["num_frames"])
+    for k in COEFF_KEYS:
+        if len(c[k]) != t:
+            problems.append(f"coeffs.{k} has {len(c[k])} rows, meta says T={t}")
+    if c["valid"].dtype != np.bool_:
+        problems.append("coeffs.valid is not bool")
+    if c["pose"].shape[1:] != (6,) or c["crop"].shape[1:] != (2, 3) or c["lmk"].shape[2:] != (2,):
+        problems.append("pose/crop/lmk trailing shapes are not (6,), (2, 3), (K, 2)")
+    f = d["audio_feats"]
+    if f.dtype != np.float16 or f.shape != (2 * t, meta["audio_features"]["dim"]):
+        problems.append(f"audio_feats {f.dtype} {f.shape}, expected float16 {(2 * t, meta['audio_features']['dim'])}")
+    if d["audio_rate"] != 16000 or len(d["audio"]) != t * 640:
+        problems.append(f"audio {len(d['audio'])} samples at {d['audio_rate']} Hz, expected {t * 640} at 16000")
+    if "frames" in d:
+        fr = d["frames"]
+        size = meta["crop_size"]
+        if fr.shape != (t, size, size, 3):
+            problems.append(f"frames {fr.shape}, expected {(t, size, size, 3)}")
+    return problems
+
+
+class ShardMismatchError(ValueError):
+    """Shards made with another face model or audio feature extractor than the config asks for."""
+
+
+def check_compatible(meta: dict[str, Any], face_model: str, audio_features: str) -> None:
+    """Stop with a clear message when a shard does not match the reader's configuration."""
+    have_fm, have_af = meta["face_model"]["full_name"], meta["audio_features"]["name"]
+    if have_fm != face_model or have_af != audio_features:
+        raise ShardMismatchError(
+            f"sample {meta.get('key')} was made with face model {have_fm!r} and audio features {have_af!r}, "
+            f"but the config asks for {face_model!r} and {audio_features!r}: regenerate the shards "
+            "(python -m preprocess shard ...) or change the config to match"
+        )

@@ -1,0 +1,79 @@
+"""Dataset adapters: keys, speakers, splits and paths from each real on-disk layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from preprocess.datasets import SplitConfig, list_clips, speaker_split
+from preprocess.errors import ConfigError
+
+
+def _touch(root: Path, *rels: str) -> None:
+    for r in rels:
+        (root / r).parent.mkdir(parents=True, exist_ok=True)
+        (root / r).write_bytes(b"x")
+
+
+def test_voxceleb1_keys_and_official_split(tmp_path: Path) -> None:
+    _touch(tmp_path, "id10001/1zcIwhmdeo4/00001.mp4", "id10001/1zcIwhmdeo4/00002.mp4", "id10270/5r0dWxy17C8/00001.mp4")
+    meta = tmp_path / "vox1_meta.csv"
+    meta.write_text("VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet\nid10001\tA.J._Buckley\tm\tIreland\tdev\nid10270\tX\tm\tUSA\ttest\n")
+    clips = list_clips("voxceleb1", tmp_path, SplitConfig(val_fraction=0.0), meta_csv=meta)
+    assert [c.key for c in clips] == ["vox1_id10001_1zcIwhmdeo4_00001", "vox1_id10001_1zcIwhmdeo4_00002", "vox1_id10270_5r0dWxy17C8_00001"]
+    assert [c.split for c in clips] == ["train", "train", "test"]
+    assert clips[0].speaker == "id10001" and clips[0].clip == 1 and clips[0].audio_path is None
+    with_audio = list_clips("voxceleb1", tmp_path, SplitConfig(), audio_root=tmp_path / "wav")
+    assert with_audio[0].audio_path == str(tmp_path / "wav/id10001/1zcIwhmdeo4/00001.wav")
+
+
+def test_mead_view_and_audio_path(tmp_path: Path) -> None:
+    _touch(tmp_path, "M003/video/front/angry/level_1/001.mp4", "M003/video/left_30/angry/level_1/001.mp4", "W009/video/front/happy/level_3/012.mp4")
+    clips = list_clips("mead", tmp_path, SplitConfig(test_speakers=["W009"]))
+    assert [c.key for c in clips] == ["mead_M003_front_angry_l1_001", "mead_W009_front_happy_l3_012"]
+    assert clips[0].audio_path == str(tmp_path / "M003/audio/angry/level_1/001.m4a")
+    assert clips[1].split == "test"
+    assert len(list_clips("mead", tmp_path, SplitConfig(), mead_view="left_30")) == 1
+
+
+def test_hdtf_cut_clips_and_annotations(tmp_path: Path) -> None:
+    cut = tmp_path / "cut"
+    _touch(cut, "RD_Radio7_000.mp4", "WDA_BarackObama_001.mp4")
+    clips = list_clips("hdtf", cut, SplitConfig(force="test"))
+    assert [c.key for c in clips] == ["hdtf_RD_Radio7_000_c00", "hdtf_WDA_BarackObama_001_c00"]
+    assert {c.split for c in clips} == {"test"}
+    assert clips[0].speaker == "RD_Radio7"
+    full = tmp_path / "full"
+    _touch(full, "RD/Radio11_0.mp4")
+    (full / "RD_annotion_time.txt").write_text("Radio11_0.mp4 00:10-01:22 01:35-2:03:30\n\n")
+    clips = list_clips("hdtf", full, SplitConfig())
+    assert [(c.key, c.start, c.end) for c in clips] == [("hdtf_RD_Radio11_0_c00", 10.0, 82.0), ("hdtf_RD_Radio11_0_c01", 95.0, 7410.0)]
+    assert clips[0].path == str(full / "RD/Radio11_0.mp4") and clips[0].speaker == "RD_Radio11"
+
+
+def test_folder_speakers_and_keys(tmp_path: Path) -> None:
+    _touch(tmp_path, "alice/talk one.mp4", "alice/b.MOV", "bob/deep/c.webm", "loose.mpg", "notes.txt")
+    clips = list_clips("folder", tmp_path, SplitConfig())
+    by_key = {c.key: c for c in clips}
+    assert set(by_key) == {"folder_alice_talk-one", "folder_alice_b", "folder_deep_c", "folder_loose"}
+    assert by_key["folder_loose"].speaker == "loose" and by_key["folder_deep_c"].speaker == "deep"
+    assert all("." not in k for k in by_key)
+    fixed = list_clips("folder", tmp_path, SplitConfig(), speaker="one")
+    assert {c.speaker for c in fixed} == {"one"}
+
+
+def test_speaker_split_is_deterministic_and_speaker_level() -> None:
+    cfg = SplitConfig(val_fraction=0.2, test_fraction=0.2)
+    splits = [speaker_split(f"id{i:05d}", cfg) for i in range(2000)]
+    assert splits == [speaker_split(f"id{i:05d}", cfg) for i in range(2000)]
+    frac = {s: splits.count(s) / len(splits) for s in ("train", "val", "test")}
+    assert abs(frac["val"] - 0.2) < 0.04 and abs(frac["test"] - 0.2) < 0.04
+    assert speaker_split("x", SplitConfig(force="val")) == "val"
+
+
+def test_missing_root_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        list_clips("folder", tmp_path / "nope", SplitConfig())
+    with pytest.raises(ConfigError, match="no dataset root"):
+        list_clips("folder", None, SplitConfig())

@@ -1,0 +1,111 @@
+"""Resumable, idempotent, multi-rank and multi-worker runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from preprocess.runner import EXIT_OK, run_shard
+from test_shard_pipeline import small_job
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shard_keys(out: Path) -> list[str]:
+    """Every sample key in complete shards, duplicates kept."""
+    import tarfile
+
+    keys = []
+    for p in sorted(out.glob("*.tar")):
+        with tarfile.open(p) as tar:
+            keys += [m.name.split(".")[0] for m in tar if m.name.endswith(".meta.json")]
+    return keys
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "preprocess", "shard", *args]
+
+
+@pytest.fixture(scope="module")
+def reference(good_root: Path, tmp_path_factory) -> list[str]:
+    out = tmp_path_factory.mktemp("ref")
+    assert run_shard(small_job(good_root, out)) == EXIT_OK
+    keys = shard_keys(out)
+    assert len(keys) == 6
+    return sorted(keys)
+
+
+def test_kill_9_mid_run_then_resume(good_root: Path, tmp_path: Path, reference: list[str]) -> None:
+    out = tmp_path / "out"
+    args = cli("--root", str(good_root), "--out", str(out), "--audio.name", "mel", "--min_seconds", "0.5",
+               "--shard_maxcount", "1", "--progress", "false")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not list(out.glob("*.tar")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = shard_keys(out)
+    assert 1 <= len(partial) < 6
+    rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+    assert rerun.returncode == EXIT_OK, rerun.stderr
+    assert f"{len(partial)} already in complete shards" in rerun.stderr
+    keys = shard_keys(out)
+    assert sorted(keys) == reference and len(keys) == len(set(keys))  # same set, no duplicates, no gaps
+    assert not list(out.glob("*.tmp*"))
+    assert json.loads((out / "manifest.json").read_text())["totals"]["samples"] == 6
+
+
+def test_rerun_is_idempotent_and_overwrite_redoes(good_root: Path, tmp_path: Path, capsys) -> None:
+    job = small_job(good_root, tmp_path, limit=3)
+    assert run_shard(job) == EXIT_OK
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.tar")}
+    assert run_shard(job) == EXIT_OK
+    assert "skipped (already written)  3" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.tar")} == before
+    job.overwrite = True
+    assert run_shard(job) == EXIT_OK
+    assert len(shard_keys(tmp_path)) == 3 and len(set(shard_keys(tmp_path))) == 3
+
+
+def test_dry_run_writes_nothing(good_root: Path, tmp_path: Path, capsys) -> None:
+    assert run_shard(small_job(good_root, tmp_path / "out", dry_run=True)) == EXIT_OK
+    assert not (tmp_path / "out").exists()
+    assert "6 clips for rank 0/1" in capsys.readouterr().out
+
+
+def test_ranks_share_a_job(good_root: Path, tmp_path: Path, monkeypatch, reference: list[str]) -> None:
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    per_rank = {}
+    for rank in (1, 0):  # any finishing order
+        monkeypatch.setenv("SLURM_PROCID", str(rank))
+        assert run_shard(small_job(good_root, tmp_path)) == EXIT_OK
+        per_rank[rank] = {k for p in tmp_path.glob(f"*-{rank:03d}-*.tar") for k in shard_keys_of(p)}
+    assert per_rank[0] and per_rank[1] and not per_rank[0] & per_rank[1]
+    assert sorted(per_rank[0] | per_rank[1]) == reference
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["totals"]["samples"] == 6  # the last rank to finish sees every shard
+    assert (tmp_path / "failures.jsonl").read_text() == ""
+
+
+def shard_keys_of(path: Path) -> list[str]:
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return [m.name.split(".")[0] for m in tar if m.name.endswith(".meta.json")]
+
+
+def test_worker_processes(good_root: Path, tmp_path: Path, reference: list[str]) -> None:
+    assert run_shard(small_job(good_root, tmp_path, workers=2)) == EXIT_OK
+    keys = shard_keys(tmp_path)
+    assert sorted(keys) == reference and Counter(keys).most_common(1)[0][1] == 1
