@@ -37,7 +37,7 @@ bench: install ## per-stage preprocessing throughput on the samples, one CPU cor
 face-model: install ## rebuild the shipped face model from the five GRID clips not bundled (needs ../shared/data/grid)
 	$(PY) -m preprocess build-face-model --root ../shared/data/grid --exclude '[bbaf2n,brbk7n,lbax4n]'
 
-figures: install ## redraw docs/*.png (face-model index sets, mouth-opening fit)
+figures: demo ## redraw docs/*.png (face-model index sets, mouth-opening fit)
 	$(PY) -m preprocess.figures --out docs
 
 clean: ## remove generated shards (keeps the samples) and caches

@@ -35,7 +35,7 @@ class AudioFeatureConfig:
     hubert: local folder or hub id of a transformers HubertModel (required)."""
     layer: int = -1
     precision: Literal["fp32", "int8"] = "fp32"
-    """whisper-tiny: ``int8`` quantises the encoder's linear layers (about 1.6x faster on CPU,
+    """whisper-tiny: ``int8`` quantises the encoder's linear layers (about 1.5x faster on CPU,
     cosine 0.994 to fp32). Stored features record it; never mix the two in one training set."""
     """hubert: which hidden state (0 = CNN output projected, -1 = last layer)."""
     chunk_seconds: float = 24.0

@@ -83,7 +83,7 @@ def contact_sheet(shards: Path, out: Path, max_samples: int = 8, face_model: Pat
         picks = [int(np.argmin(opening)), len(pts) // 2, int(np.argmax(opening))]
         tiles = []
         for t, what in zip(picks, ("most closed", "middle", "most open")):
-            img = np.ascontiguousarray(d["frames"][t])
+            img = d["frames"][t].copy()  # picks may repeat a frame: never draw on the decoded array
             draw_set(img, pts[t], "lower_face", model, fill=True)
             draw_set(img, pts[t], "inner_mouth", model)
             tiles.append(_label(img, f"{what} t={t}"))
