@@ -28,7 +28,7 @@ test-full: install ## every test, slow ones included
 	$(PY) -m pytest
 
 demo: install ## preprocess the bundled GRID samples into sharded_data/demo, print the summary, draw a preview
-	$(PY) -m preprocess shard --config configs/preprocess/demo.yaml
+	$(PY) -m preprocess shard --config configs/preprocess/demo.yaml --overwrite true
 	$(PY) -m preprocess preview --shards sharded_data/demo --out sharded_data/demo/preview.png
 
 bench: install ## per-stage preprocessing throughput on the samples, one CPU core (and CUDA when present)

@@ -15,8 +15,6 @@ from pathlib import Path
 from statistics import median
 from typing import Callable
 
-import numpy as np
-
 SAMPLES = Path(__file__).resolve().parents[1] / "sharded_data" / "samples"
 
 
@@ -55,10 +53,20 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    from preprocess.audio_features import AudioFeatureConfig, MelFeatures, build_audio_features
+    from preprocess.audio_features import (
+        AudioFeatureConfig,
+        MelFeatures,
+        build_audio_features,
+    )
     from preprocess.face_fit import FaceFitter
     from preprocess.face_model import FaceModel
-    from preprocess.face_track import CropConfig, TrackConfig, apply_crop, crop_boxes, track_face
+    from preprocess.face_track import (
+        CropConfig,
+        TrackConfig,
+        apply_crop,
+        crop_boxes,
+        track_face,
+    )
     from preprocess.landmarks import FaceLandmarker
     from preprocess.media import encode_mp4, iter_frames, load_audio
     from preprocess.pipeline import landmarks_to_crop
@@ -116,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, ext in (("whisper-tiny fp32 (default)", build_audio_features(AudioFeatureConfig())),
                       ("whisper-tiny int8", build_audio_features(AudioFeatureConfig(precision="int8"))),
                       ("log-mel 80", MelFeatures())):
-        audio_row(f"features: {name}", _timed(lambda: [ext(a, len(frames[p])) for p, a in audio.items()], args.repeats), ">= 100x" if "whisper" in name else "")
+        audio_row(f"features: {name}", _timed(lambda ext=ext: [ext(a, len(frames[p])) for p, a in audio.items()], args.repeats),
+                  ">= 100x" if "whisper" in name else "")
     cuda = "not available"
     if torch.cuda.is_available():
         ext = build_audio_features(AudioFeatureConfig())
@@ -124,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         from preprocess.audio_features import log_mel
 
         def on_gpu() -> None:
-            for p, a in audio.items():
+            for a in audio.values():
                 ext.encoder(log_mel(a, 160, 400)[None].cuda())
             torch.cuda.synchronize()
 

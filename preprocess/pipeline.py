@@ -17,9 +17,26 @@ from preprocess.datasets import Clip
 from preprocess.errors import ClipError
 from preprocess.face_fit import FaceFitter
 from preprocess.face_model import FaceModel
-from preprocess.face_track import Segment, apply_crop, crop_boxes, crop_matrix, track_face
+from preprocess.face_track import (
+    Segment,
+    Track,
+    apply_crop,
+    crop_boxes,
+    crop_matrix,
+    track_face,
+)
 from preprocess.landmarks import FaceLandmarker
-from preprocess.media import AUDIO_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, encode_mp4, iter_frames, load_audio, probe, wav_bytes
+from preprocess.media import (
+    AUDIO_RATE,
+    SAMPLES_PER_FRAME,
+    VIDEO_FPS,
+    MediaInfo,
+    encode_mp4,
+    iter_frames,
+    load_audio,
+    probe,
+    wav_bytes,
+)
 from preprocess.schema import SCHEMA_VERSION, encode_sample, make_key
 
 _VERSIONED = ("mediapipe", "av", "numpy", "torch", "webdataset")
@@ -67,21 +84,20 @@ class ClipProcessor:
         self.config_hash = job.processing_hash(self.face_model.full_name)
         self.versions = package_versions()
 
-    def landmarks(self, clip: Clip, res: ClipResult) -> tuple[list[list[np.ndarray]], Any]:
+    def landmarks(self, clip: Clip, res: ClipResult) -> tuple[list[list[np.ndarray]], MediaInfo]:
         """Decode pass 1: faces per frame at 25 fps (landmarks only; frames are not kept)."""
         info = probe(Path(clip.path), Path(clip.audio_path) if clip.audio_path else None)
         if not info.has_audio:
             raise ClipError("audio", "no audio stream; every clip needs its speech (give the audio file or skip this video)")
         self.landmarker.reset()
         faces = []
-        t_dec = t_lmk = 0.0
         t = time.perf_counter()
         for frame in iter_frames(Path(clip.path), clip.start, clip.end):
-            t1 = time.perf_counter()
+            decoded = time.perf_counter()
             faces.append(self.landmarker(frame))
-            t_dec, t_lmk, t = t_dec + t1 - t, t_lmk + time.perf_counter() - t1, time.perf_counter()
-        res.seconds["decode"] += t_dec
-        res.seconds["landmarks"] += t_lmk
+            res.seconds["decode"] += decoded - t
+            t = time.perf_counter()
+            res.seconds["landmarks"] += t - decoded
         if not faces:
             raise ClipError("decode", "no video frames could be decoded")
         return faces, info
@@ -101,10 +117,10 @@ class ClipProcessor:
 
         track = track_face(faces[:n], info.width, info.height, job.track)
         min_frames = max(1, int(round(job.min_seconds * VIDEO_FPS)))
-        segments: list[Segment] = []
+        segments: list[tuple[int, Segment]] = []
         for i, seg in enumerate(track.segments):
             if seg.end - seg.start >= min_frames:
-                segments.append(seg)
+                segments.append((i, seg))
             else:
                 res.failures.append({"key": self._seg_key(clip, i, len(track.segments)), "path": clip.path, "stage": "length",
                                      "reason": f"{seg.end - seg.start} frames with a face, fewer than min_seconds={job.min_seconds}"})
@@ -114,19 +130,19 @@ class ClipProcessor:
         # crop boxes and coefficients per segment
         size = job.crop.size
         plans = []
-        for seg in segments:
+        for i, seg in segments:
             t = time.perf_counter()
             boxes = crop_boxes(seg.landmarks, job.crop)
             lmk, mats = landmarks_to_crop(seg.landmarks, boxes, size)
             fit = self.fitter(lmk, seg.valid, size)
             res.seconds["fit"] += time.perf_counter() - t
-            plans.append((seg, boxes, lmk, mats, fit))
+            plans.append((i, seg, boxes, lmk, mats, fit))
 
         # decode pass 2: cut the crops
         t = time.perf_counter()
         crops: list[list[np.ndarray]] = [[] for _ in plans]
         owner = {}
-        for j, (seg, *_rest) in enumerate(plans):
+        for j, (_, seg, *_rest) in enumerate(plans):
             for f in range(seg.start, seg.end):
                 owner[f] = j
         t_crop = 0.0
@@ -136,14 +152,14 @@ class ClipProcessor:
             j = owner.get(f)
             if j is not None:
                 tc = time.perf_counter()
-                seg, boxes = plans[j][0], plans[j][1]
+                seg, boxes = plans[j][1], plans[j][2]
                 crops[j].append(apply_crop(frame, boxes[f - seg.start], size))
                 t_crop += time.perf_counter() - tc
         res.seconds["decode"] += time.perf_counter() - t - t_crop
         res.seconds["crop"] = t_crop
 
-        for j, (seg, boxes, lmk, mats, fit) in enumerate(plans):
-            key = self._seg_key(clip, track.segments.index(seg), len(track.segments))
+        for j, (i, seg, _boxes, lmk, mats, fit) in enumerate(plans):
+            key = self._seg_key(clip, i, len(track.segments))
             frames = crops[j]
             if len(frames) != seg.end - seg.start:
                 raise ClipError("decode", f"second decode gave {len(frames)} frames instead of {seg.end - seg.start}")
@@ -157,7 +173,7 @@ class ClipProcessor:
             coeffs = {"shape": fit["shape"], "exp": fit["exp"], "pose": fit["pose"], "camera": fit["camera"],
                       "lmk": lmk[..., :2].astype(np.float32), "crop": mats.astype(np.float32), "valid": seg.valid.astype(bool)}
             err = float(fit["err_px"][seg.valid].mean()) if seg.valid.any() else float("nan")
-            meta = self._meta(clip, key, info, seg, track, len(track.segments), err)
+            meta = self._meta(clip, key, info, i, seg, track, err)
             res.samples.append((clip.split, encode_sample(key, mp4, wav_bytes(seg_audio), feats, coeffs, meta)))
             res.frames += len(frames)
             res.fit_err_px.append(err)
@@ -167,14 +183,14 @@ class ClipProcessor:
     def _seg_key(clip: Clip, i: int, count: int) -> str:
         return clip.key if count == 1 else make_key(clip.key, f"s{i}")
 
-    def _meta(self, clip: Clip, key: str, info: Any, seg: Segment, track: Any, n_segments: int, err: float) -> dict[str, Any]:
+    def _meta(self, clip: Clip, key: str, info: MediaInfo, index: int, seg: Segment, track: Track, err: float) -> dict[str, Any]:
         t = seg.end - seg.start
         return {
             "schema_version": SCHEMA_VERSION,
             "key": key,
             "clip_key": clip.key,
-            "segment": track.segments.index(seg),
-            "segments_total": n_segments,
+            "segment": index,
+            "segments_total": len(track.segments),
             "dataset": clip.dataset,
             "speaker": clip.speaker,
             "video": clip.video,

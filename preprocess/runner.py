@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from preprocess.config import ShardJob
 from preprocess.datasets import Clip, list_clips
-from preprocess.errors import ClipError
+from preprocess.errors import ClipError, ConfigError
+from preprocess.face_model import FaceModel
 from preprocess.shard_writer import ShardInfo, SplitShardWriter, scan_shards
 
 EXIT_OK, EXIT_CONFIG, EXIT_SOME_FAILED = 0, 2, 3
@@ -134,8 +135,14 @@ def run_shard(job: ShardJob) -> int:
     if job.overwrite:
         for p in list(job.out.glob(f"*-{rank:03d}-*.tar")) + list(job.out.glob(f"*-{rank:03d}-*.tar.tmp")):
             p.unlink()
+    existing = scan_shards(job.out)
+    config_hash = job.processing_hash(FaceModel(job.face_model).full_name)
+    other = set().union(*(s.config_hashes for s in existing)) - {config_hash}
+    if other:  # resuming into them would mix samples made with other settings or another face model
+        raise ConfigError(f"{job.out} holds shards made with other settings (config hash {', '.join(sorted(other))}; "
+                          f"this run: {config_hash}): pass --overwrite true to redo them, or choose another --out")
     writer = SplitShardWriter(job.out, rank, job.shard_maxcount, job.shard_maxsize)
-    done = done_clip_keys(scan_shards(job.out))
+    done = done_clip_keys(existing)
     todo = [c for c in mine if c.key not in done]
     skipped = len(mine) - len(todo)
     fail_path = job.out / f"failures-rank{rank:03d}.jsonl"

@@ -29,6 +29,7 @@ class ShardInfo:
     keys: list[str] = field(default_factory=list)
     frames: int = 0
     clip_segments: list[tuple[str, int]] = field(default_factory=list)  # (clip key, segments of that clip)
+    config_hashes: set[str] = field(default_factory=set)  # processing settings the samples were made with
 
 
 def read_shard_info(path: Path) -> ShardInfo:
@@ -44,6 +45,7 @@ def read_shard_info(path: Path) -> ShardInfo:
                 info.keys.append(key)
                 info.frames += int(meta.get("num_frames", 0))
                 info.clip_segments.append((meta.get("clip_key", key), int(meta.get("segments_total", 1))))
+                info.config_hashes.add(str(meta.get("config_hash")))
     return info
 
 

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from preprocess.audio_features import AudioFeatureConfig, MelFeatures, build_audio_features, default_whisper_path, log_mel
+from preprocess.audio_features import (
+    AudioFeatureConfig,
+    MelFeatures,
+    build_audio_features,
+    default_whisper_path,
+    log_mel,
+)
 from preprocess.errors import ConfigError
 from preprocess.whisper_encoder import WhisperEncoder, read_ct2
 

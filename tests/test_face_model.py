@@ -10,7 +10,11 @@ from scipy.spatial.transform import Rotation
 
 from preprocess.face_fit import FaceFitter, FitConfig, similarity_transform
 from preprocess.face_model import FaceModel
-from preprocess.face_model_build import build_face_model, canonicalize, mirror_permutation
+from preprocess.face_model_build import (
+    build_face_model,
+    canonicalize,
+    mirror_permutation,
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +73,6 @@ def test_fit_recovers_synthetic_coefficients(model: FaceModel) -> None:
     shape = np.repeat(rng.normal(0, 0.7, (1, model.shape_dim)), t, 0)
     exp = rng.normal(0, 0.7, (t, model.exp_dim))
     pose = np.concatenate([rng.normal(0, 0.15, (t, 3)), rng.normal(0, 5, (t, 3))], 1)
-    cam = np.tile([1.3, 128.0, 128.0], (t, 1))
     with torch.no_grad():
         v = model.transform(model.vertices(torch.tensor(shape).float(), torch.tensor(exp).float()), torch.tensor(pose).float())
     lmk = (1.3 * v.numpy() + np.array([128.0, 128.0, 0.0])) + rng.normal(0, 0.1, (t, 468, 3))  # 0.1 px landmark noise

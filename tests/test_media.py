@@ -6,10 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLE_CLIPS, tone, write_video
+
 from preprocess.errors import ClipError
-from preprocess.media import decode_mp4, encode_mp4, iter_frames, load_audio, probe, read_wav, wav_bytes
+from preprocess.media import (
+    decode_mp4,
+    encode_mp4,
+    iter_frames,
+    load_audio,
+    probe,
+    read_wav,
+    wav_bytes,
+)
 
 
 def _level_frames(n: int) -> np.ndarray:

@@ -12,9 +12,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from preprocess.runner import EXIT_OK, run_shard
 from test_shard_pipeline import small_job
+
+from preprocess.errors import ConfigError
+from preprocess.runner import EXIT_OK, run_shard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,9 +74,16 @@ def test_rerun_is_idempotent_and_overwrite_redoes(good_root: Path, tmp_path: Pat
     assert run_shard(job) == EXIT_OK
     assert "skipped (already written)  3" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.tar")} == before
-    job.overwrite = True
+    job.crf = 20  # other settings: resuming would mix samples, so it is refused ...
+    with pytest.raises(ConfigError, match="--overwrite"):
+        run_shard(job)
+    job.overwrite = True  # ... until the old shards are dropped
     assert run_shard(job) == EXIT_OK
     assert len(shard_keys(tmp_path)) == 3 and len(set(shard_keys(tmp_path))) == 3
+    capsys.readouterr()
+    job.overwrite = False
+    assert run_shard(job) == EXIT_OK  # and with the same settings a rerun resumes again
+    assert "skipped (already written)  3" in capsys.readouterr().out
 
 
 def test_dry_run_writes_nothing(good_root: Path, tmp_path: Path, capsys) -> None:

@@ -18,7 +18,7 @@ from preprocess.face_track import TrackConfig
 from preprocess.landmarks import FaceLandmarker
 from preprocess.preview import mouth_opening, project_sample
 from preprocess.runner import EXIT_OK, EXIT_SOME_FAILED, run_shard
-from preprocess.schema import decode_sample, validate_sample
+from preprocess.schema import ShardMismatchError, check_compatible, decode_sample, validate_sample
 
 
 def small_job(root: Path, out: Path, **kw) -> ShardJob:
@@ -71,6 +71,10 @@ def test_good_clips_written_to_contract(folder_run) -> None:
     lost = samples["folder_spk_b_face_lost_s1"]["meta"]
     assert (lost["segment"], lost["segments_total"], lost["clip_key"]) == (1, 2, "folder_spk_b_face_lost")
     assert lost["start"] == pytest.approx(35 / 25)
+    meta = samples["folder_spk_a_good"]["meta"]
+    check_compatible(meta, FaceModel().full_name, "mel")
+    with pytest.raises(ShardMismatchError, match="regenerate the shards"):
+        check_compatible(meta, FaceModel().full_name, "whisper-tiny")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["totals"]["samples"] == 6 and manifest["totals"]["frames"] == sum(lengths.values())
     assert all(s["samples"] <= 2 for s in manifest["shards"])
