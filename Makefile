@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full demo bench face-model figures clean
+.PHONY: help install test test-full lint demo bench face-model figures clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ test: install ## fast CPU test suite (offline; a few minutes)
 
 test-full: install ## every test, slow ones included
 	$(PY) -m pytest
+
+lint: install ## ruff over the code and tests
+	$(VENV)/bin/ruff check preprocess datamodules lightning_modules metrics tests
 
 demo: install ## preprocess the bundled GRID samples into sharded_data/demo, print the summary, draw a preview
 	$(PY) -m preprocess shard --config configs/preprocess/demo.yaml --overwrite true

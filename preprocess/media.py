@@ -75,7 +75,6 @@ def iter_frames(
     start: float = 0.0,
     end: float | None = None,
     fps: int = VIDEO_FPS,
-    threads: int = 1,
 ) -> Iterator[np.ndarray]:
     """Yield RGB uint8 frames resampled to a constant ``fps``.
 
@@ -87,36 +86,34 @@ def iter_frames(
     c = _open(path)
     try:
         vs = c.streams.video[0]
-        if threads > 1:
-            vs.thread_type = "AUTO"
-            vs.thread_count = threads
         t0 = float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0
         if start > 1.0:
             c.seek(int((t0 + start - 1.0) / vs.time_base), stream=vs, backward=True)
         step = 1.0 / float(vs.average_rate or fps)
         i = 0
-        prev: av.VideoFrame | None = None
-        prev_rgb: np.ndarray | None = None
+        held: av.VideoFrame | None = None  # the source frame currently on screen
+        held_rgb: np.ndarray | None = None  # converted lazily: dropped frames are never converted
+
+        def show_held_until(t_next: float) -> Iterator[np.ndarray]:
+            """Output frames while the held frame is on screen (before ``t_next``) and before ``end``."""
+            nonlocal i, held_rgb
+            while start + i / fps + tol < t_next and (end is None or start + i / fps < end - 1e-6):
+                if held_rgb is None:
+                    held_rgb = held.to_ndarray(format="rgb24")
+                yield held_rgb
+                i += 1
+
         last_t = -1.0
         for frame in c.decode(vs):
             t = (float(frame.time) - t0) if frame.time is not None else last_t + step
             last_t = t
-            while prev is not None and start + i / fps + tol < t:
+            if held is not None:
+                yield from show_held_until(t)
                 if end is not None and start + i / fps >= end - 1e-6:
                     return
-                if prev_rgb is None:
-                    prev_rgb = prev.to_ndarray(format="rgb24")
-                yield prev_rgb
-                i += 1
-            prev, prev_rgb = frame, None
-        # the last source frame stays on screen for one nominal frame duration
-        while prev is not None and start + i / fps + tol < last_t + step:
-            if end is not None and start + i / fps >= end - 1e-6:
-                return
-            if prev_rgb is None:
-                prev_rgb = prev.to_ndarray(format="rgb24")
-            yield prev_rgb
-            i += 1
+            held, held_rgb = frame, None
+        if held is not None:  # the last source frame stays on screen for one nominal frame duration
+            yield from show_held_until(last_t + step)
     except av.error.FFmpegError as e:
         raise ClipError("decode", f"video stream is corrupt or truncated ({e}); re-download {path}") from e
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from contextlib import closing
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -113,6 +114,8 @@ class ClipProcessor:
         n = len(faces)
         if len(audio) < (n - 2) * SAMPLES_PER_FRAME:  # audio ends early: keep the part with sound
             n = len(audio) // SAMPLES_PER_FRAME
+        if n == 0:
+            raise ClipError("audio", f"audio lasts {len(audio) / AUDIO_RATE:.3f} s, less than one video frame")
         audio = np.pad(audio, (0, max(0, n * SAMPLES_PER_FRAME - len(audio))))[: n * SAMPLES_PER_FRAME]
 
         track = track_face(faces[:n], info.width, info.height, job.track)
@@ -146,15 +149,16 @@ class ClipProcessor:
             for f in range(seg.start, seg.end):
                 owner[f] = j
         t_crop = 0.0
-        for f, frame in enumerate(iter_frames(Path(clip.path), clip.start, clip.end)):
-            if f >= n:
-                break
-            j = owner.get(f)
-            if j is not None:
-                tc = time.perf_counter()
-                seg, boxes = plans[j][1], plans[j][2]
-                crops[j].append(apply_crop(frame, boxes[f - seg.start], size))
-                t_crop += time.perf_counter() - tc
+        with closing(iter_frames(Path(clip.path), clip.start, clip.end)) as decoded_frames:
+            for f, frame in enumerate(decoded_frames):
+                if f >= n:
+                    break
+                j = owner.get(f)
+                if j is not None:
+                    tc = time.perf_counter()
+                    seg, boxes = plans[j][1], plans[j][2]
+                    crops[j].append(apply_crop(frame, boxes[f - seg.start], size))
+                    t_crop += time.perf_counter() - tc
         res.seconds["decode"] += time.perf_counter() - t - t_crop
         res.seconds["crop"] = t_crop
 
