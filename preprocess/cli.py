@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
@@ -23,9 +24,32 @@ def make_parser() -> ArgumentParser:
     return parser
 
 
+def _bool_options() -> set[str]:
+    return {f"--{f.name}" for cls in COMMANDS.values() for f in fields(cls) if f.type in ("bool", bool)}
+
+
+def normalize_option_names(argv: list[str]) -> list[str]:
+    """``--dry-run`` works like ``--dry_run``, and a bare boolean flag means true.
+
+    Only option names change, never values: ``--root=/a-b`` keeps its path.
+    """
+    flags = _bool_options()
+    out: list[str] = []
+    for k, tok in enumerate(argv):
+        if tok.startswith("--") and len(tok) > 2:
+            name, eq, value = tok.partition("=")
+            tok = "--" + name[2:].replace("-", "_") + eq + value
+            nxt = argv[k + 1].lower() if k + 1 < len(argv) else ""
+            if tok in flags and nxt not in ("true", "false", "yes", "no", "1", "0"):
+                out += [tok, "true"]
+                continue
+        out.append(tok)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
-    cfg = parser.parse_args(argv)
+    cfg = parser.parse_args(normalize_option_names(sys.argv[1:] if argv is None else argv))
     name = cfg.command
     # top-level fields come back as a Namespace, nested dataclasses (track, crop, ...) already built
     fields = vars(parser.instantiate(cfg)[name])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from preprocess.cli import make_parser
+from preprocess.cli import make_parser, normalize_option_names
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted((REPO / "configs" / "preprocess").glob("*.yaml"))
@@ -47,3 +47,10 @@ def test_missing_root_is_one_line(tmp_path: Path) -> None:
     r = run("shard", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [f"error: dataset root not found or not a folder: {tmp_path / 'nope'}"]
+
+
+def test_dashed_option_names_are_accepted(tmp_path: Path) -> None:
+    assert normalize_option_names(["shard", "--dry-run", "--root=/a-b/c-d", "--track.on-face-lost", "drop", "--overwrite", "false", "-h"]) == \
+        ["shard", "--dry_run", "true", "--root=/a-b/c-d", "--track.on_face_lost", "drop", "--overwrite", "false", "-h"]
+    r = run("shard", "--root", str(REPO / "sharded_data/samples"), "--out", str(tmp_path / "o"), "--dry-run")
+    assert r.returncode == 0 and "3 clips for rank 0/1" in r.stdout and not (tmp_path / "o").exists()
