@@ -167,8 +167,10 @@ def run_shard(job: ShardJob) -> int:
                     reasons[f["stage"]] += 1
                 bar.update(1)
                 bar.set_postfix(samples=written, failed=sum(reasons.values()), fps=f"{frames / max(time.time() - t0, 1e-9):.0f}")
-        finally:
-            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
     manifest = write_manifest(job.out, job)
     elapsed = time.time() - t0
     _print_summary(rank, world, len(mine), skipped, written, frames, reasons, errs, elapsed, stage_s, manifest, job.out)

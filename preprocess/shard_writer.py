@@ -94,6 +94,15 @@ class SplitShardWriter:
         self._writers[split].write(sample)
 
     def close(self) -> None:
+        """Finish every open shard and rename it complete."""
         for w in self._writers.values():
+            w.close()
+        self._writers.clear()
+
+    def abort(self) -> None:
+        """Close without renaming: an interrupted write may have left a partial sample in the
+        open shard, so it stays ``.tmp`` and the next run deletes it and redoes its clips."""
+        for w in self._writers.values():
+            w.post = None
             w.close()
         self._writers.clear()

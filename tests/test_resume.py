@@ -117,3 +117,25 @@ def test_worker_processes(good_root: Path, tmp_path: Path, reference: list[str])
     assert run_shard(small_job(good_root, tmp_path, workers=2)) == EXIT_OK
     keys = shard_keys(tmp_path)
     assert sorted(keys) == reference and Counter(keys).most_common(1)[0][1] == 1
+
+
+def test_interrupted_run_keeps_no_partial_shard(good_root: Path, tmp_path: Path, monkeypatch, reference: list[str]) -> None:
+    """Ctrl-C in the middle of writing: the open shard stays .tmp and the rerun completes the set."""
+    import preprocess.shard_writer as sw
+
+    calls = {"n": 0}
+    real_write = sw.SplitShardWriter.write
+
+    def flaky_write(self, split, sample):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        real_write(self, split, sample)
+
+    monkeypatch.setattr(sw.SplitShardWriter, "write", flaky_write)
+    with pytest.raises(KeyboardInterrupt):
+        run_shard(small_job(good_root, tmp_path))  # maxcount 2: one complete shard, one open
+    assert len(shard_keys(tmp_path)) == 2 and list(tmp_path.glob("*.tar.tmp"))
+    monkeypatch.setattr(sw.SplitShardWriter, "write", real_write)
+    assert run_shard(small_job(good_root, tmp_path)) == EXIT_OK
+    assert sorted(shard_keys(tmp_path)) == reference and not list(tmp_path.glob("*.tmp"))
