@@ -1,4 +1,5 @@
 """LightningDataModules streaming the WebDataset shards written by ``python -m preprocess shard``.
 
-Filled by the A2E and renderer issues; the sample layout they read is ``preprocess.schema``.
+The sample layout they read is ``preprocess.schema``; ``shard_stream`` holds the DDP/worker
+splitting every stage shares.
 """

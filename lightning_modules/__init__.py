@@ -1,5 +1,5 @@
-"""LightningModules (training logic only), the nn.Modules they hold, losses and the training CLI.
+"""LightningModules (training logic only), the nn.Modules they hold (``nets/``), losses (``losses/``),
+the training CLI (``python -m lightning_modules``), MLflow tracking and run comparison.
 
-Filled by the training-CLI, A2E and renderer issues; they load the face model from
-``preprocess.face_model`` and never copy it.
+They load the face model from ``preprocess.face_model`` and never copy it.
 """

@@ -1,4 +1,3 @@
-"""torchmetrics Metric subclasses (LMD, FID / FD_effnet, LPIPS, SSIM, CSIM, Sync).
-
-Filled by the metrics issue.
+"""torchmetrics Metric subclasses: the A2E lip-opening correlation now; LMD, FID / FD_effnet,
+LPIPS, SSIM, CSIM and Sync with the metrics issue.
 """

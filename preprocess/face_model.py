@@ -92,6 +92,19 @@ class FaceModel(nn.Module):
         """Weak perspective into crop pixels: camera [..., 3] = (px per mm, cx, cy)."""
         return points[..., :2] * camera[..., None, :1] + camera[..., None, 1:3]
 
+    def mouth_opening(self, points: torch.Tensor) -> torch.Tensor:
+        """Inner-lip opening [...] from vertices or projected points [..., V, 2 or 3].
+
+        The mean vertical gap between the upper and lower halves of the inner-lip loop, in the
+        units of ``points`` (mm for model vertices, pixels for projections). The halves are fixed
+        from the mean shape, so the result is differentiable and never swaps sides.
+        """
+        loop = self.index_sets["inner_mouth"].to(points.device)
+        ys = self.mean[loop, 1]
+        upper = loop[ys > ys.mean()]  # canonical y points up (the projection flips it), hence abs below
+        lower = loop[ys <= ys.mean()]
+        return (points[..., upper, 1].mean(-1) - points[..., lower, 1].mean(-1)).abs()
+
     def forward(self, shape: torch.Tensor, exp: torch.Tensor, pose: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
         """Projected vertices [..., V, 2] in crop pixels."""
         return self.project(self.transform(self.vertices(shape, exp), pose), camera)

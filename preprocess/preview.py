@@ -41,13 +41,8 @@ def project_sample(model: FaceModel, coeffs: dict[str, np.ndarray]) -> np.ndarra
 
 
 def mouth_opening(points: np.ndarray, model: FaceModel) -> np.ndarray:
-    """Inner-lip opening [T] in pixels: mean vertical gap between upper and lower inner-lip halves."""
-    loop = model.index_sets["inner_mouth"].numpy()
-    ys = points[:, loop, 1]
-    centre = ys.mean(1, keepdims=True)
-    upper = np.where(ys < centre, ys, np.nan)
-    lower = np.where(ys >= centre, ys, np.nan)
-    return np.nanmean(lower, 1) - np.nanmean(upper, 1)
+    """Inner-lip opening [T] in pixels of projected vertices or landmarks [T, >=468, 2] (see FaceModel.mouth_opening)."""
+    return model.mouth_opening(torch.from_numpy(np.asarray(points, dtype=np.float32))).numpy()
 
 
 def draw_set(img: np.ndarray, pts: np.ndarray, name: str, model: FaceModel, fill: bool = False) -> np.ndarray:

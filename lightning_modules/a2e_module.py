@@ -1,0 +1,113 @@
+"""LightningModule for the audio-to-expression stage: training logic only (the network is injected)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics import MeanMetric
+
+from lightning_modules.a2e_inference import predict_expressions
+from lightning_modules.losses.a2e_loss import A2ELoss
+from lightning_modules.nets.a2e_transformer import A2ETransformer
+from metrics.correlation import PearsonFromSums
+from preprocess.face_model import FaceModel
+
+
+class A2EEvalMetrics(nn.Module):
+    """Validation/test metrics of one stage (one instance per stage, reduced across ranks by torchmetrics)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exp_mse = MeanMetric()  # the paper's "expression error"
+        self.exp_mse_clip_mean = MeanMetric()  # trivial predictor: every frame = the clip's mean expression
+        self.mouth_vertex_mm = MeanMetric()  # mean distance of the mouth vertices, face-model millimetres
+        self.lip_open_corr = PearsonFromSums()  # predicted vs true inner-lip opening over time
+
+    def items(self) -> list[tuple[str, Any]]:
+        return list(self.named_children())
+
+
+class A2EModule(L.LightningModule):
+    """Trains :class:`A2ETransformer` on windows from :class:`datamodules.a2e_datamodule.A2EDataModule`.
+
+    Args:
+        net: the transformer (its audio/shape/expression widths are linked from the data config).
+        window: T, frames per window (linked from the data config; used by ``predict``).
+        num_history: N (linked from the data config).
+        face_model: face model ``.npz`` of the shards (linked from the data config; None = shipped default).
+        lambda_vertex: weight λ_v of the mouth-vertex loss.
+        inference_overlap: frames shared by neighbouring windows in ``predict``.
+        optimizer: optimizer factory, chosen in YAML.
+        scheduler: optional LR scheduler factory, stepped every optimizer step.
+    """
+
+    def __init__(
+        self,
+        net: A2ETransformer,
+        window: int = 16,
+        num_history: int = 16,
+        face_model: str | None = None,
+        lambda_vertex: float = 0.1,
+        inference_overlap: int = 8,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.net = net
+        self.loss = A2ELoss(FaceModel(face_model), lambda_vertex)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.eval_metrics = nn.ModuleDict({"val": A2EEvalMetrics(), "test": A2EEvalMetrics()})
+
+    @property
+    def face_model(self) -> FaceModel:
+        return self.loss.face_model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.net(batch["audio"], batch["shape_ref"], batch["history"])
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        total, logs = self.loss(self(batch), batch, "train")
+        self.log_dict(logs, prog_bar=False, batch_size=len(batch["audio"]))
+        self.log("train/loss", total, prog_bar=True, logger=False, batch_size=len(batch["audio"]))
+        return total
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        pred = self(batch).float()
+        bs = len(batch["audio"])
+        total, logs = self.loss(pred, batch, stage)
+        self.log_dict(logs, on_epoch=True, sync_dist=True, batch_size=bs)
+        m, mask = self.eval_metrics[stage], batch["mask"].float()
+        m.exp_mse.update((pred - batch["exp"]).pow(2).mean(-1), mask)
+        m.exp_mse_clip_mean.update((batch["exp_mean"][:, None] - batch["exp"]).pow(2).mean(-1), mask)
+        fm = self.face_model
+        pred_v = fm.vertices(batch["shape"], pred)
+        true_v = fm.vertices(batch["shape"], batch["exp"])
+        mouth = fm.index_sets["mouth"].to(pred.device)
+        m.mouth_vertex_mm.update((pred_v[..., mouth, :] - true_v[..., mouth, :]).norm(dim=-1).mean(-1), mask)
+        m.lip_open_corr.update(fm.mouth_opening(pred_v), fm.mouth_opening(true_v), mask)
+        for name, metric in m.items():
+            self.log(f"{stage}/{name}", metric, on_epoch=True, batch_size=bs, prog_bar=name == "exp_mse")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """One whole clip per batch -> its key, predicted and true expressions [T, De]."""
+        pred = predict_expressions(
+            self.net, batch["audio"][0], batch["shape_ref"][0], batch["history"][0], self.hparams.window, self.hparams.inference_overlap
+        )
+        return {"key": batch["key"][0], "exp_pred": pred.cpu(), "exp": batch["exp"][0].cpu()}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}

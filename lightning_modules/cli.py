@@ -1,0 +1,140 @@
+"""The training CLI: ``python -m lightning_modules {fit,validate,test,predict} --config ...``.
+
+Model and data are chosen by ``class_path``, so one entry point serves every stage. Configs
+compose with repeated ``--config`` (the last wins); values the data and the model share are
+linked here and written once, in the data config.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
+
+from lightning_modules.tracking import RUN_NAME_ENV, TrackingCallback, find_run_logger, latest_checkpoint, run_of_checkpoint
+
+
+@lru_cache(maxsize=8)
+def _face_model_dims(path: str | None) -> tuple[int, int]:
+    from preprocess.face_model import FaceModel
+
+    fm = FaceModel(path)
+    return fm.shape_dim, fm.exp_dim
+
+
+def face_shape_dim(path: str | None) -> int:
+    return _face_model_dims(path)[0]
+
+
+def face_exp_dim(path: str | None) -> int:
+    return _face_model_dims(path)[1]
+
+
+class ResumeError(ValueError):
+    """``--ckpt_path`` names nothing usable."""
+
+
+class RealTalkCLI(LightningCLI):
+    """LightningCLI with MLflow runs that resume, a per-run checkpoint folder and data->model links."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("save_config_callback", TrackingCallback)
+        kwargs.setdefault("save_config_kwargs", {"save_to_log_dir": False})
+        kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("parser_kwargs", {"description": __doc__})
+        super().__init__(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - LightningArgumentParser
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # TrackingCallback logs the whole flattened config; Lightning's own hparams logging would repeat part of it
+        parser.set_defaults({"trainer.enable_autolog_hparams": False})
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "step{step:07d}", "checkpoint.auto_insert_metric_name": False})
+        # written once in the data config; links to a key a class lacks are skipped, so other stages are unaffected
+        for key in ("window", "num_history", "face_model"):
+            parser.link_arguments(f"data.init_args.{key}", f"model.init_args.{key}")
+        parser.link_arguments("data.init_args.audio_dim", "model.init_args.net.init_args.audio_dim")
+        parser.link_arguments("data.init_args.face_model", "model.init_args.net.init_args.shape_dim", compute_fn=face_shape_dim)
+        parser.link_arguments("data.init_args.face_model", "model.init_args.net.init_args.exp_dim", compute_fn=face_exp_dim)
+
+    # -- run and checkpoint bookkeeping, before each subcommand -----------------------------------
+    def before_fit(self) -> None:
+        self._prepare_run()
+
+    def before_validate(self) -> None:
+        self._prepare_run()
+
+    def before_test(self) -> None:
+        self._prepare_run()
+
+    def before_predict(self) -> None:
+        self._prepare_run()
+
+    def _prepare_run(self) -> None:
+        """Pick the run name and checkpoint folder; with ``--ckpt_path`` continue the checkpoint's MLflow run."""
+        logger = find_run_logger(self.trainer)
+        if logger is None:
+            return
+        config = self.config_init[self.subcommand]
+        ckpt_cb = self.trainer.checkpoint_callback
+        root = Path(self.trainer.default_root_dir) / "checkpoints" / logger.experiment_name
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            folder = Path(ckpt_cb.dirpath) if ckpt_cb and ckpt_cb.dirpath else root / logger.run_name if logger.run_name else root
+            ckpt_path = latest_checkpoint(folder)
+            if ckpt_path is None:
+                if self.subcommand != "fit":
+                    raise ResumeError(f"--ckpt_path last: no last.ckpt under {folder}; pass a checkpoint path")
+                rank_zero_info(f"--ckpt_path last: no last.ckpt under {folder} yet, so this is a new run")
+            config["ckpt_path"] = str(ckpt_path) if ckpt_path else None
+        elif ckpt_path and not Path(ckpt_path).is_file():
+            raise ResumeError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+        run = run_of_checkpoint(ckpt_path) if ckpt_path else None
+        if run and run.get("run_id"):
+            if logger.run_name and logger.run_name != run["run_name"]:
+                rank_zero_info(f"run_name {logger.run_name!r} ignored: the checkpoint belongs to run {run['run_name']!r}")
+            logger._run_name = run["run_name"]
+            logger.continue_run(run["run_id"])
+            rank_zero_info(f"continuing MLflow run {run['run_name']} ({run['run_id']}) from {ckpt_path}")
+        elif logger.run_name is None:
+            logger._run_name = self._new_run_name()
+        if ckpt_cb is not None and ckpt_cb.dirpath is None:
+            ckpt_cb.dirpath = str(root / logger.run_name)
+            if self.subcommand == "fit" and not ckpt_path and latest_checkpoint(Path(ckpt_cb.dirpath)):
+                raise ResumeError(
+                    f"run {logger.run_name!r} already has checkpoints in {ckpt_cb.dirpath}: "
+                    "resume it with --ckpt_path last, or choose another trainer.logger.init_args.run_name"
+                )
+
+    def _new_run_name(self) -> str:
+        """``<model>-<time>``, shared by every process of a DDP job.
+
+        Processes Lightning launches inherit rank 0's name through the environment; under
+        torchrun or srun every process starts on its own, so the job id is used instead.
+        """
+        if name := os.environ.get(RUN_NAME_ENV):
+            return name
+        prefix = type(self.model).__name__.removesuffix("Module").lower() or "run"
+        job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "none")
+        name = f"{prefix}-job{job}" if job != "none" else f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if rank_zero_only.rank == 0:
+            os.environ[RUN_NAME_ENV] = name
+        return name
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point (``python -m lightning_modules`` and the ``realtalk-train`` script)."""
+    inherited = RUN_NAME_ENV in os.environ
+    try:
+        RealTalkCLI(args=args)
+    except ResumeError as e:
+        sys.exit(f"error: {e}")
+    finally:
+        if not inherited:  # a later CLI call in the same process must not reuse this run's name
+            os.environ.pop(RUN_NAME_ENV, None)

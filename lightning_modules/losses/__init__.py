@@ -1,0 +1,1 @@
+"""Losses: nn.Modules returning (total, {log key: value})."""

@@ -1,0 +1,1 @@
+"""Plain nn.Modules the LightningModules hold (injected through their typed __init__ arguments)."""

@@ -1,0 +1,131 @@
+"""The training CLI: config presets, MLflow runs, resume (1 process and DDP), run comparison."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.synthetic_shards import AUDIO_NAME, write_synthetic_shards
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+BASE = ["model/a2e.yaml", "data/a2e.yaml", "trainer/cpu.yaml", "logger/mlflow.yaml", "debug/tiny.yaml"]
+
+
+def tiny_args(shards: Path, *extra_configs: str) -> list[str]:
+    """--config arguments for the tiny CPU run on synthetic shards."""
+    args = [a for c in (*BASE, *extra_configs) for a in ("--config", str(CONFIGS / c))]
+    return [*args, "--data.init_args.shards", str(shards), "--data.init_args.audio_features", AUDIO_NAME, "--data.init_args.audio_dim", "16"]
+
+
+def run_cli(cwd: Path, *args: str, module: str = "lightning_modules", timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def mlflow_runs(cwd: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+    return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def steps(client, run, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return write_synthetic_shards(tmp_path_factory.mktemp("shards"), {"train": 3, "val": 2, "test": 2}, frames=40)
+
+
+def every_preset() -> list[str]:
+    return sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml") if p.parts[-2] != "preprocess")
+
+
+@pytest.mark.parametrize("preset", every_preset())
+def test_every_preset_parses_and_instantiates(preset, shards, monkeypatch, capsys):
+    from lightning_modules.cli import RealTalkCLI
+
+    args = [*tiny_args(shards), "--config", str(CONFIGS / preset)]
+    if preset.startswith(("data/", "experiment/")):  # presets that name a shard folder: keep the synthetic one
+        args += ["--data.init_args.shards", str(shards), "--data.init_args.audio_features", AUDIO_NAME, "--data.init_args.audio_dim", "16"]
+    with pytest.raises(SystemExit) as e:
+        RealTalkCLI(args=["fit", *args, "--print_config"])
+    assert e.value.code == 0 and "class_path" in capsys.readouterr().out
+    if preset.startswith(("model/", "data/", "debug/", "experiment/")):
+        cli = RealTalkCLI(args=args, run=False, trainer_defaults={"accelerator": "cpu", "devices": 1})
+        cli.datamodule.setup("fit")
+        assert cli.model.net.audio_embed[1].in_features == 16  # linked from the data config
+
+
+def test_wrong_key_is_a_clear_error(shards, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "lightning_modules", "fit", *tiny_args(shards), "--model.init_args.net.init_args.d_modle", "8"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "d_modle" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resume_continues_the_same_run(shards, tmp_path):
+    """fit to step 20, --ckpt_path last to step 40: one run, metric steps continue, optimizer state restored."""
+    run_cli(tmp_path, "fit", *tiny_args(shards))
+    run_cli(tmp_path, "fit", *tiny_args(shards), "--ckpt_path", "last", "--trainer.max_steps", "40")
+    client, runs = mlflow_runs(tmp_path)
+    assert len(runs) == 1
+    assert steps(client, runs[0], "train/loss/total") == [4, 9, 14, 19, 24, 29, 34, 39]
+    assert steps(client, runs[0], "val/exp_mse") == [9, 19, 29, 39]
+    ckpt_dir = Path(runs[0].data.tags["checkpoint/dir"])
+    assert ckpt_dir == tmp_path / "checkpoints" / "realtalk" / runs[0].info.run_name
+    last = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    adam_steps = {int(s["step"]) for s in last["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {40} and last["global_step"] == 40  # a fresh optimizer would say 20
+    assert last["mlflow_run"]["run_id"] == runs[0].info.run_id
+    artifacts = [a.path for a in client.list_artifacts(runs[0].info.run_id, "config")]
+    assert "config/config.yaml" in artifacts and len(artifacts) == 2  # the first config and the resume's
+
+
+@pytest.mark.ddp
+def test_ddp_two_processes_bf16_one_run_and_resume(shards, tmp_path):
+    """2 CPU processes (gloo), bf16-mixed, MLflow: one run with config and params; resume keeps it."""
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.precision", "bf16-mixed"]
+    run_cli(tmp_path, "fit", *tiny_args(shards), *ddp)
+    client, runs = mlflow_runs(tmp_path)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["run/world_size"] == "2" and run.data.params["trainer/precision"] == "bf16-mixed"
+    assert run.data.params["model/net/d_model"] == "32" and run.data.tags["git/commit"]
+    assert "config/config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id, "config")]
+    run_cli(tmp_path, "fit", *tiny_args(shards), *ddp, "--ckpt_path", "last", "--trainer.max_steps", "40")
+    client, runs = mlflow_runs(tmp_path)
+    assert len(runs) == 1 and runs[0].info.run_id == run.info.run_id and runs[0].info.status == "FINISHED"
+    assert steps(client, runs[0], "val/exp_mse") == [9, 19, 29, 39]
+
+
+def test_two_runs_and_a_resume_leave_two_runs_and_compare_shows_both(shards, tmp_path):
+    run_cli(tmp_path, "fit", *tiny_args(shards), "--trainer.logger.init_args.run_name", "first")
+    run_cli(tmp_path, "fit", *tiny_args(shards), "--trainer.logger.init_args.run_name", "second", "--model.init_args.net.init_args.d_model", "16")
+    run_cli(tmp_path, "fit", *tiny_args(shards), "--trainer.logger.init_args.run_name", "first", "--ckpt_path", "last", "--trainer.max_steps", "30")
+    client, runs = mlflow_runs(tmp_path)
+    by_name = {r.info.run_name: r for r in runs}
+    assert sorted(by_name) == ["first", "second"]
+    assert steps(client, by_name["first"], "train/loss/total") == [4, 9, 14, 19, 24, 29]
+    out = run_cli(tmp_path, "compare", "--metrics", "val/exp_mse", "train/loss/total", "--plot", "cmp.png", module="lightning_modules.runs").stdout
+    assert "first" in out and "second" in out and "model/net/d_model" in out  # the param that differs is shown
+    png = (tmp_path / "cmp.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_a_run_name_with_checkpoints_is_not_silently_overwritten(shards, tmp_path):
+    run_cli(tmp_path, "fit", *tiny_args(shards), "--trainer.logger.init_args.run_name", "r", "--trainer.max_steps", "10")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "lightning_modules", "fit", *tiny_args(shards), "--trainer.logger.init_args.run_name", "r"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--ckpt_path last" in proc.stderr
