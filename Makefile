@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full lint demo bench face-model figures clean
+.PHONY: help install test test-full lint demo bench face-model figures mlflow-ui a2e-grid clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -30,12 +30,29 @@ test-full: install ## every test, slow ones included
 lint: install ## ruff over the code and tests
 	$(VENV)/bin/ruff check preprocess datamodules lightning_modules metrics tests
 
-demo: install ## preprocess the bundled GRID samples into sharded_data/demo, print the summary, draw a preview
+A2E_CONFIGS := --config configs/model/a2e.yaml --config configs/data/a2e.yaml --config configs/trainer/cpu.yaml --config configs/logger/mlflow.yaml
+
+demo: install ## preprocess the bundled GRID samples, train A2E on them (CPU, local MLflow), compare the runs
 	$(PY) -m preprocess shard --config configs/preprocess/demo.yaml --overwrite true
 	$(PY) -m preprocess preview --shards sharded_data/demo --out sharded_data/demo/preview.png
+	$(PY) -m lightning_modules fit $(A2E_CONFIGS) --config configs/experiment/a2e_demo.yaml
+	$(PY) -m lightning_modules.runs compare --experiment a2e-demo --metrics val/exp_mse val/exp_mse_clip_mean val/lip_open_corr train/loss/total --plot sharded_data/demo/a2e_runs.png
+	@echo "demo done: shards and plots in sharded_data/demo/, checkpoints in checkpoints/a2e-demo/, runs in mlruns/ (make mlflow-ui)"
 
-bench: install ## per-stage preprocessing throughput on the samples, one CPU core (and CUDA when present)
+mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 over the local database ./mlruns/mlflow.db
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port 5000
+
+a2e-grid: install ## A2E with/without priors on the 8 GRID clips of ../shared/data/grid (6 train / 2 held-out speakers)
+	$(PY) -m preprocess shard --config configs/preprocess/grid_dev.yaml
+	for v in "true true both" "false false none" "true false shape" "false true history"; do set -- $$v; \
+	  $(PY) -m lightning_modules fit $(A2E_CONFIGS) --config configs/experiment/a2e_grid_dev.yaml \
+	    --model.init_args.net.init_args.use_shape $$1 --model.init_args.net.init_args.use_history $$2 \
+	    --trainer.logger.init_args.run_name priors-$$3-$$(date +%H%M%S) || exit 1; done
+	$(PY) -m lightning_modules.runs compare --experiment a2e-grid-dev --metrics val/exp_mse val/exp_mse_clip_mean val/mouth_vertex_mm val/lip_open_corr --plot docs/a2e_grid_runs.png
+
+bench: install ## preprocessing throughput per stage (one core) and A2E inference latency/throughput (CPU, and CUDA when present)
 	$(PY) -m preprocess.bench
+	$(PY) -m lightning_modules.bench
 
 face-model: install ## rebuild the shipped face model from the five GRID clips not bundled (needs ../shared/data/grid)
 	$(PY) -m preprocess build-face-model --root ../shared/data/grid --exclude '[bbaf2n,brbk7n,lbax4n]'
@@ -44,4 +61,4 @@ figures: demo ## redraw docs/*.png (face-model index sets, mouth-opening fit)
 	$(PY) -m preprocess.figures --out docs
 
 clean: ## remove generated shards (keeps the samples) and caches
-	rm -rf sharded_data/demo .pytest_cache
+	rm -rf sharded_data/demo sharded_data/grid_dev .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,8 @@ from datamodules.a2e_windows import clip_arrays, fixed_windows, random_windows
 from datamodules.shard_stream import EpochLoader, EvalItems, ShardCycle, collate, split_frames, split_shards, warn_and_skip, worker_slot
 from preprocess.face_model import FaceModel
 from preprocess.schema import check_compatible, decode_sample
+
+log = logging.getLogger(__name__)
 
 
 def _clip_seed(key: str) -> int:
@@ -73,8 +76,17 @@ class A2EDataModule(L.LightningDataModule):
         self._rank, self._world = 0, 1
 
     # -- decoding -------------------------------------------------------------------------------
-    def _decode(self, raw: dict[str, Any]) -> tuple[str, dict[str, np.ndarray]]:
-        sample = decode_sample(raw, frames=False)
+    def _decode(self, raw: dict[str, Any]) -> tuple[str, dict[str, np.ndarray]] | None:
+        """(key, arrays), or None for a sample whose members do not decode (skipped with a warning).
+
+        Shards made for another face model or audio extractor stop the run: that is a
+        configuration error, not a damaged sample.
+        """
+        try:
+            sample = decode_sample(raw, frames=False)
+        except Exception as e:  # noqa: BLE001 - any damage to one sample must not stop training
+            log.warning("skipping sample %s of %s: %s: %s", raw.get("__key__"), raw.get("__url__"), type(e).__name__, e)
+            return None
         meta = sample["meta"]
         check_compatible(meta, self.face_model_name, self.hparams.audio_features)
         if meta["audio_features"]["dim"] != self.hparams.audio_dim:
@@ -85,17 +97,23 @@ class A2EDataModule(L.LightningDataModule):
         worker, _ = worker_slot()
         rng = np.random.default_rng([self.hparams.seed, self._cycle.epoch, self._rank, worker])
         for raw in clips:
-            key, clip = self._decode(raw)
+            if (decoded := self._decode(raw)) is None:
+                continue
+            key, clip = decoded
             for w in random_windows(clip, self.hparams.window, self.hparams.num_history, rng):
                 yield {**w, "key": key}
 
     def _eval_windows(self, raw: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        key, clip = self._decode(raw)
+        if (decoded := self._decode(raw)) is None:
+            return
+        key, clip = decoded
         for w in fixed_windows(clip, self.hparams.window, self.hparams.num_history, seed=_clip_seed(key)):
             yield {**w, "key": key}
 
     def _whole_clip(self, raw: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        key, clip = self._decode(raw)
+        if (decoded := self._decode(raw)) is None:
+            return
+        key, clip = decoded
         rng = np.random.default_rng(_clip_seed(key))
         history = clip["exp"][rng.choice(len(clip["exp"]), self.hparams.num_history, replace=len(clip["exp"]) < self.hparams.num_history)]
         yield {**clip, "shape_ref": clip["shape"][0], "history": history, "key": key}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 
 from lightning_modules.nets.a2e_transformer import A2ETransformer
 
@@ -57,3 +61,19 @@ def predict_expressions(
         total[s : s + window] += weights[:, None] * p
         norm[s : s + window] += weights[:, None]
     return (total / norm)[:t]
+
+
+class ExpressionWriter(BasePredictionWriter):
+    """``predict`` output: one ``<key>.npz`` per clip with ``exp_pred`` (β̂) and ``exp`` (the fitted β), [T, De].
+
+    Args:
+        output_dir: folder for the files (created).
+    """
+
+    def __init__(self, output_dir: str = "predictions/a2e") -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:  # noqa: ANN001
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(self.output_dir / f"{prediction['key']}.npz", exp_pred=prediction["exp_pred"].numpy(), exp=prediction["exp"].numpy())

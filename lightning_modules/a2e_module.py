@@ -57,6 +57,8 @@ class A2EModule(L.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
+        if not 0 <= inference_overlap < window:
+            raise ValueError(f"model.init_args.inference_overlap must be in [0, window={window}); got {inference_overlap}")
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.net = net
         self.loss = A2ELoss(FaceModel(face_model), lambda_vertex)

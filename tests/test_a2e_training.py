@@ -22,15 +22,17 @@ def test_overfits_one_clip_to_near_zero_error(tmp_path):
     dm = A2EDataModule(str(root), window=8, num_history=4, audio_features=AUDIO_NAME, audio_dim=16, batch_size=6, num_workers=0,
                        clip_shuffle=1, window_shuffle=8, train_batches_per_epoch=10)
     net = A2ETransformer(audio_dim=16, d_model=64, num_heads=4, cmsa_layers=2, tca_layers=2, ff_mult=2, dropout=0.0)
-    module = A2EModule(net, window=8, num_history=4, optimizer=lambda p: torch.optim.Adam(p, lr=2e-3))
-    trainer = L.Trainer(max_steps=400, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, check_val_every_n_epoch=None, val_check_interval=400, num_sanity_val_steps=0)
+    steps = 1000
+    module = A2EModule(net, window=8, num_history=4, optimizer=lambda p: torch.optim.Adam(p, lr=2e-3),
+                       scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps))
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, check_val_every_n_epoch=None, val_check_interval=steps, num_sanity_val_steps=0)
     trainer.fit(module, dm)
     m = trainer.callback_metrics
     baseline = float(m["val/exp_mse_clip_mean"])  # predicting the clip's mean expression
-    assert float(m["val/exp_mse"]) < 0.02 * baseline, (float(m["val/exp_mse"]), baseline)
-    assert float(m["val/mouth_vertex_mm"]) < 0.2
-    assert float(m["val/lip_open_corr"]) > 0.95
+    assert float(m["val/exp_mse"]) < 0.03 * baseline, (float(m["val/exp_mse"]), baseline)  # measured: 1.6 %
+    assert float(m["val/mouth_vertex_mm"]) < 0.15
+    assert float(m["val/lip_open_corr"]) > 0.99
 
 
 def test_fast_dev_run_through_the_cli(tmp_path, monkeypatch):

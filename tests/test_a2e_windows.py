@@ -109,3 +109,16 @@ def test_missing_split_and_mismatched_features_are_clear_errors(tmp_path):
         dm.setup("test")
     with pytest.raises(ValueError, match="whisper-tiny"):
         A2EDataModule(str(root), audio_features="whisper-tiny", audio_dim=384).setup("fit")
+
+
+def test_truncated_shard_and_damaged_sample_are_skipped_with_a_warning(tmp_path, caplog):
+    root = write_synthetic_shards(tmp_path, {"train": 4, "val": 2}, frames=24)
+    shard = root / "train-000-000000.tar"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    dm = A2EDataModule(str(root), window=8, num_history=4, audio_features=AUDIO_NAME, audio_dim=16, batch_size=2, num_workers=0,
+                       train_batches_per_epoch=6)
+    dm.setup("fit")
+    with caplog.at_level("WARNING"):
+        assert len(list(dm.train_dataloader())) == 6  # the other shard keeps training going
+    assert "train-000-000000.tar" in caplog.text and "rewrite that shard" in caplog.text
+    assert dm._decode({"__key__": "k", "__url__": "u", "meta.json": b"{"}) is None

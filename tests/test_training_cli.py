@@ -64,7 +64,7 @@ def test_every_preset_parses_and_instantiates(preset, shards, monkeypatch, capsy
     if preset.startswith(("model/", "data/", "debug/", "experiment/")):
         cli = RealTalkCLI(args=args, run=False, trainer_defaults={"accelerator": "cpu", "devices": 1})
         cli.datamodule.setup("fit")
-        assert cli.model.net.audio_embed[1].in_features == 16  # linked from the data config
+        assert cli.model.net.audio_embed.in_features == 16  # linked from the data config
 
 
 def test_wrong_key_is_a_clear_error(shards, tmp_path):

@@ -22,11 +22,6 @@ def periodic_positional_encoding(positions: torch.Tensor, d_model: int, period: 
     return pe
 
 
-def _embedding(in_dim: int, d_model: int) -> nn.Module:
-    # LayerNorm first: audio features and 3DMM coefficients come in very different scales
-    return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, d_model))
-
-
 class A2ETransformer(nn.Module):
     """Audio features + face shape + historical expressions -> T expressions.
 
@@ -74,9 +69,11 @@ class A2ETransformer(nn.Module):
         super().__init__()
         self.d_model, self.pe_period = d_model, pe_period
         self.use_shape, self.use_history = use_shape, use_history
-        self.audio_embed = _embedding(audio_dim, d_model)
-        self.shape_embed = _embedding(shape_dim, d_model) if use_shape else None
-        self.history_embed = _embedding(exp_dim, d_model) if use_history else None
+        # plain linear embeddings: a LayerNorm over the inputs would erase their loudness/magnitude;
+        # the pre-norm attention layers normalise what they read anyway
+        self.audio_embed = nn.Linear(audio_dim, d_model)
+        self.shape_embed = nn.Linear(shape_dim, d_model) if use_shape else None
+        self.history_embed = nn.Linear(exp_dim, d_model) if use_history else None
         ff = ff_mult * d_model
         self.cmsa = nn.TransformerEncoder(
             nn.TransformerEncoderLayer(d_model, num_heads, ff, dropout, batch_first=True, norm_first=True), cmsa_layers, enable_nested_tensor=False
