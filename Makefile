@@ -36,7 +36,7 @@ demo: install ## preprocess the bundled GRID samples, train A2E on them (CPU, lo
 	$(PY) -m preprocess shard --config configs/preprocess/demo.yaml --overwrite true
 	$(PY) -m preprocess preview --shards sharded_data/demo --out sharded_data/demo/preview.png
 	$(PY) -m lightning_modules fit $(A2E_CONFIGS) --config configs/experiment/a2e_demo.yaml
-	$(PY) -m lightning_modules.runs compare --experiment a2e-demo --metrics val/exp_mse val/exp_mse_clip_mean val/lip_open_corr train/loss/total --plot sharded_data/demo/a2e_runs.png
+	$(PY) -m lightning_modules.runs compare --experiment a2e-demo --metrics val/exp_mse val/exp_mse_clip_mean val/mouth_vertex_mm val/mouth_vertex_mm_clip_mean val/lip_open_corr train/loss/total --plot sharded_data/demo/a2e_runs.png
 	@echo "demo done: shards and plots in sharded_data/demo/, checkpoints in checkpoints/a2e-demo/, runs in mlruns/ (make mlflow-ui)"
 
 mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 over the local database ./mlruns/mlflow.db
@@ -48,7 +48,7 @@ a2e-grid: install ## A2E with/without priors on the 8 GRID clips of ../shared/da
 	  $(PY) -m lightning_modules fit $(A2E_CONFIGS) --config configs/experiment/a2e_grid_dev.yaml \
 	    --model.init_args.net.init_args.use_shape $$1 --model.init_args.net.init_args.use_history $$2 \
 	    --trainer.logger.init_args.run_name priors-$$3-$$(date +%H%M%S) || exit 1; done
-	$(PY) -m lightning_modules.runs compare --experiment a2e-grid-dev --metrics val/exp_mse val/exp_mse_clip_mean val/mouth_vertex_mm val/lip_open_corr --plot docs/a2e_grid_runs.png
+	$(PY) -m lightning_modules.runs compare --experiment a2e-grid-dev --metrics val/exp_mse val/exp_mse_clip_mean val/exp_mse_history_mean val/mouth_vertex_mm val/mouth_vertex_mm_clip_mean val/lip_open_corr --plot docs/a2e_grid_runs.png
 
 bench: install ## preprocessing throughput per stage (one core) and A2E inference latency/throughput (CPU, and CUDA when present)
 	$(PY) -m preprocess.bench

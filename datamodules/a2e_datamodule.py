@@ -10,10 +10,10 @@ from typing import Any
 import lightning as L
 import numpy as np
 import webdataset as wds
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from datamodules.a2e_windows import clip_arrays, fixed_windows, random_windows
-from datamodules.shard_stream import EpochLoader, EvalItems, ShardCycle, collate, split_frames, split_shards, warn_and_skip, worker_slot
+from datamodules.shard_stream import EpochLoader, EvalItems, ShardCycle, split_frames, split_shards, warn_and_skip, worker_slot
 from preprocess.face_model import FaceModel
 from preprocess.schema import check_compatible, decode_sample
 
@@ -153,14 +153,14 @@ class A2EDataModule(L.LightningDataModule):
             wds.shuffle(hp.clip_shuffle, initial=min(hp.clip_shuffle, 8)),
             self._train_windows,
             wds.shuffle(hp.window_shuffle, initial=min(hp.window_shuffle, 64)),
-            wds.batched(hp.batch_size, collation_fn=collate, partial=False),
+            wds.batched(hp.batch_size, collation_fn=default_collate, partial=False),
         ).with_epoch(per_worker)
         epoch_fn = (lambda: self.trainer.current_epoch) if self.trainer is not None else (lambda: 0)
         return EpochLoader(pipeline, self._cycle, epoch_fn, batch_size=None, num_workers=hp.num_workers, persistent_workers=False)
 
     def _eval_loader(self, split: str) -> DataLoader:
         ds = EvalItems(self.urls[split], self._rank, self._world, self._eval_windows)
-        return DataLoader(ds, batch_size=self.hparams.eval_batch_size or self.hparams.batch_size, num_workers=self.hparams.num_workers, collate_fn=collate)
+        return DataLoader(ds, batch_size=self.hparams.eval_batch_size or self.hparams.batch_size, num_workers=self.hparams.num_workers, collate_fn=default_collate)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -170,7 +170,7 @@ class A2EDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         ds = EvalItems(self.urls[self.hparams.predict_split], self._rank, self._world, self._whole_clip)
-        return DataLoader(ds, batch_size=1, num_workers=self.hparams.num_workers, collate_fn=collate)
+        return DataLoader(ds, batch_size=1, num_workers=self.hparams.num_workers, collate_fn=default_collate)
 
     def example_clip(self, split: str = "val", index: int = 0) -> dict[str, Any]:
         """One whole decoded clip (arrays as in ``predict``), e.g. for plots."""

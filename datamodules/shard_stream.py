@@ -16,7 +16,6 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
-import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -122,8 +121,3 @@ class EpochLoader(DataLoader):
     def __iter__(self):  # noqa: ANN204 - DataLoader's own iterator types are private
         self._cycle.epoch = self._epoch_fn()
         return super().__iter__()
-
-
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack numpy arrays into tensors; strings become lists."""
-    return torch.utils.data.default_collate(items)

@@ -23,8 +23,10 @@ class A2EEvalMetrics(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.exp_mse = MeanMetric()  # the paper's "expression error"
-        self.exp_mse_clip_mean = MeanMetric()  # trivial predictor: every frame = the clip's mean expression
+        self.exp_mse_clip_mean = MeanMetric()  # trivial predictor: every frame = the clip's mean expression (an oracle)
+        self.exp_mse_history_mean = MeanMetric()  # trivial predictor available at inference: the history's mean
         self.mouth_vertex_mm = MeanMetric()  # mean distance of the mouth vertices, face-model millimetres
+        self.mouth_vertex_mm_clip_mean = MeanMetric()  # the same for the clip-mean predictor
         self.lip_open_corr = PearsonFromSums()  # predicted vs true inner-lip opening over time
 
     def items(self) -> list[tuple[str, Any]]:
@@ -40,7 +42,7 @@ class A2EModule(L.LightningModule):
         num_history: N (linked from the data config).
         face_model: face model ``.npz`` of the shards (linked from the data config; None = shipped default).
         lambda_vertex: weight λ_v of the mouth-vertex loss.
-        inference_overlap: frames shared by neighbouring windows in ``predict``.
+        inference_overlap: frames shared by neighbouring windows in ``predict`` (None = half the window).
         optimizer: optimizer factory, chosen in YAML.
         scheduler: optional LR scheduler factory, stepped every optimizer step.
     """
@@ -52,14 +54,17 @@ class A2EModule(L.LightningModule):
         num_history: int = 16,
         face_model: str | None = None,
         lambda_vertex: float = 0.1,
-        inference_overlap: int = 8,
+        inference_overlap: int | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
+        if inference_overlap is None:
+            inference_overlap = window // 2
         if not 0 <= inference_overlap < window:
             raise ValueError(f"model.init_args.inference_overlap must be in [0, window={window}); got {inference_overlap}")
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.hparams.inference_overlap = inference_overlap
         self.net = net
         self.loss = A2ELoss(FaceModel(face_model), lambda_vertex)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -86,11 +91,14 @@ class A2EModule(L.LightningModule):
         m, mask = self.eval_metrics[stage], batch["mask"].float()
         m.exp_mse.update((pred - batch["exp"]).pow(2).mean(-1), mask)
         m.exp_mse_clip_mean.update((batch["exp_mean"][:, None] - batch["exp"]).pow(2).mean(-1), mask)
+        m.exp_mse_history_mean.update((batch["history"].mean(1, keepdim=True) - batch["exp"]).pow(2).mean(-1), mask)
         fm = self.face_model
         pred_v = fm.vertices(batch["shape"], pred)
         true_v = fm.vertices(batch["shape"], batch["exp"])
         mouth = fm.index_sets["mouth"].to(pred.device)
+        mean_v = fm.vertices(batch["shape"], batch["exp_mean"][:, None].expand_as(pred))
         m.mouth_vertex_mm.update((pred_v[..., mouth, :] - true_v[..., mouth, :]).norm(dim=-1).mean(-1), mask)
+        m.mouth_vertex_mm_clip_mean.update((mean_v[..., mouth, :] - true_v[..., mouth, :]).norm(dim=-1).mean(-1), mask)
         m.lip_open_corr.update(fm.mouth_opening(pred_v), fm.mouth_opening(true_v), mask)
         for name, metric in m.items():
             self.log(f"{stage}/{name}", metric, on_epoch=True, batch_size=bs, prog_bar=name == "exp_mse")

@@ -46,8 +46,8 @@ def collect_runs(client: Any, experiment: str | None, metrics: Sequence[str] | N
     if not runs:
         raise SystemExit("error: no runs found" + (f" in experiment {experiment!r}" if experiment else ""))
     metric_names = list(metrics) if metrics else sorted({k for r in runs for k in r.data.metrics if k != "epoch"})
-    if params is None:
-        keys = sorted({k for r in runs for k in r.data.params})
+    if params is None:  # the params that differ, less bookkeeping (callbacks, logger, run name)
+        keys = sorted({k for r in runs for k in r.data.params if not k.startswith(("trainer/callbacks", "trainer/logger"))})
         params = [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
     rows = []
     for r in runs:

@@ -21,7 +21,9 @@ def test_overfits_one_clip_to_near_zero_error(tmp_path):
     L.seed_everything(0)
     dm = A2EDataModule(str(root), window=8, num_history=4, audio_features=AUDIO_NAME, audio_dim=16, batch_size=6, num_workers=0,
                        clip_shuffle=1, window_shuffle=8, train_batches_per_epoch=10)
-    net = A2ETransformer(audio_dim=16, d_model=64, num_heads=4, cmsa_layers=2, tca_layers=2, ff_mult=2, dropout=0.0)
+    # the paper's architecture (no history residual): one clip has one resting expression, and the
+    # residual only adds the noise of random history draws here (it reaches 3% in 1500 steps)
+    net = A2ETransformer(audio_dim=16, d_model=64, num_heads=4, cmsa_layers=2, tca_layers=2, ff_mult=2, dropout=0.0, history_residual=False)
     steps = 1000
     module = A2EModule(net, window=8, num_history=4, optimizer=lambda p: torch.optim.Adam(p, lr=2e-3),
                        scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps))

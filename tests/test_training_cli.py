@@ -19,7 +19,7 @@ BASE = ["model/a2e.yaml", "data/a2e.yaml", "trainer/cpu.yaml", "logger/mlflow.ya
 
 def tiny_args(shards: Path, *extra_configs: str) -> list[str]:
     """--config arguments for the tiny CPU run on synthetic shards."""
-    args = [a for c in (*BASE, *extra_configs) for a in ("--config", str(CONFIGS / c))]
+    args = [a for c in (*BASE[:-1], *extra_configs, BASE[-1]) for a in ("--config", str(CONFIGS / c))]  # tiny stays last
     return [*args, "--data.init_args.shards", str(shards), "--data.init_args.audio_features", AUDIO_NAME, "--data.init_args.audio_dim", "16"]
 
 
@@ -55,9 +55,7 @@ def every_preset() -> list[str]:
 def test_every_preset_parses_and_instantiates(preset, shards, monkeypatch, capsys):
     from lightning_modules.cli import RealTalkCLI
 
-    args = [*tiny_args(shards), "--config", str(CONFIGS / preset)]
-    if preset.startswith(("data/", "experiment/")):  # presets that name a shard folder: keep the synthetic one
-        args += ["--data.init_args.shards", str(shards), "--data.init_args.audio_features", AUDIO_NAME, "--data.init_args.audio_dim", "16"]
+    args = tiny_args(shards, preset)  # the synthetic shards' folder and features override the preset's
     with pytest.raises(SystemExit) as e:
         RealTalkCLI(args=["fit", *args, "--print_config"])
     assert e.value.code == 0 and "class_path" in capsys.readouterr().out

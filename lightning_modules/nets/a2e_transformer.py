@@ -49,6 +49,11 @@ class A2ETransformer(nn.Module):
         pe_period: period of the positional encoding, in audio rows (50 = one second).
         use_shape: with the shape token (False leaves it out: Table 5 ablation).
         use_history: with the N history tokens (False leaves them out: Table 5 ablation).
+        history_residual: predict the offset from the mean of the history expressions rather
+            than β itself (only with ``use_history``). Our addition to the paper: a person's
+            resting expression is what the history tells best, and a skip connection hands it
+            over instead of making the attention layers re-derive it; on small data this is the
+            difference between generalising to a new speaker and not.
     """
 
     def __init__(
@@ -65,10 +70,12 @@ class A2ETransformer(nn.Module):
         pe_period: int = 50,
         use_shape: bool = True,
         use_history: bool = True,
+        history_residual: bool = True,
     ) -> None:
         super().__init__()
         self.d_model, self.pe_period = d_model, pe_period
         self.use_shape, self.use_history = use_shape, use_history
+        self.history_residual = history_residual and use_history
         # plain linear embeddings: a LayerNorm over the inputs would erase their loudness/magnitude;
         # the pre-norm attention layers normalise what they read anyway
         self.audio_embed = nn.Linear(audio_dim, d_model)
@@ -101,7 +108,8 @@ class A2ETransformer(nn.Module):
         t = audio.shape[1] // 2
         query_pos = 2 * torch.arange(t, device=audio.device)  # frame t's audio rows are 2t, 2t + 1
         queries = periodic_positional_encoding(query_pos, self.d_model, self.pe_period).to(memory.dtype).expand(audio.shape[0], -1, -1)
-        return self.head(self.norm(self.tca(queries, memory)))
+        out = self.head(self.norm(self.tca(queries, memory)))
+        return out + history.mean(1, keepdim=True) if self.history_residual else out
 
 
 def parameter_count(module: nn.Module) -> int:
