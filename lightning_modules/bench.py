@@ -15,7 +15,7 @@ from contextlib import nullcontext
 import torch
 
 from lightning_modules.nets.a2e_transformer import A2ETransformer, parameter_count
-from preprocess.bench import _cpu_name, _timed
+from preprocess.bench import _cpu_name, _timed, format_table
 
 WINDOW, AUDIO_DIM, HISTORY = 16, 384, 16
 
@@ -65,11 +65,7 @@ def main(argv: list[str] | None = None) -> None:
                 t = _case(net, batch, device, bf16, args.repeats if batch < 256 or device == "cuda" else max(3, args.repeats // 4))
                 base = base or t
                 rows.append([dev_name, "bf16" if bf16 else "fp32", str(batch), name, f"{t * 1e3:.2f}", f"{batch / t:,.0f}", f"{t / base:.2f}x"])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    print(format_table(header, rows))
 
 
 if __name__ == "__main__":

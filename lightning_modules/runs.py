@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_modules.tracking import default_tracking_uri
+from preprocess.bench import format_table
 
 LOWER_IS_BETTER_HINTS = ("loss", "mse", "error", "mm", "lmd", "fid", "lpips")
 
@@ -70,19 +71,10 @@ def collect_runs(client: Any, experiment: str | None, metrics: Sequence[str] | N
     return rows, metric_names, list(params)
 
 
-def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    def cell(v: Any) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
-
-    cells = [[cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
+def _cell(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def plot_runs(client: Any, runs: list[dict[str, Any]], metrics: Sequence[str], out: Path) -> Path:
@@ -113,7 +105,7 @@ def compare(args: argparse.Namespace) -> None:
     client = _client(args.tracking_uri)
     rows, metrics, params = collect_runs(client, args.experiment, args.metrics, args.params, args.max_runs)
     columns = ["run", "id", "status", "steps", *params, *(f"{m} {k}" for m in metrics for k in ("last", "best"))]
-    print(format_table(rows, columns))
+    print(format_table(columns, [[_cell(r.get(c)) for c in columns] for r in rows]))
     if args.plot:
         path = plot_runs(client, rows, metrics, Path(args.plot))
         print(f"wrote {path}")

@@ -13,7 +13,7 @@ import platform
 import time
 from pathlib import Path
 from statistics import median
-from typing import Callable
+from typing import Callable, Sequence
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sharded_data" / "samples"
 
@@ -27,6 +27,13 @@ def _timed(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return median(times)
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Plain-text table: left-aligned columns, a dashed rule under the header."""
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
+    return "\n".join(lines + ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows])
 
 
 def _cpu_name() -> str:
@@ -149,12 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {_cpu_name()}, {os.cpu_count()} cores, {'all cores' if args.all_cores else 'pinned to 1 core'}; "
           f"CUDA: {cuda}; torch {torch.__version__}")
     print(f"input: {len(clips)} clips from {args.samples} ({n_frames} frames, {seconds:.1f} s)")
-    widths = [max(len(r[i]) for r in rows + [("stage", "throughput", "cost", "target")]) for i in range(4)]
-    header = ("stage", "throughput", "cost", "target")
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    print(format_table(("stage", "throughput", "cost", "target"), rows))
 
 
 if __name__ == "__main__":
