@@ -12,15 +12,12 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_modules.a2e_inference import predict_expressions
 from lightning_modules.tracking import find_run_logger
+from preprocess.figures import pyplot, save_figure
 from preprocess.media import VIDEO_FPS
 
 
 def mouth_opening_figure(true_mm: np.ndarray, pred_mm: np.ndarray, title: str, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     t = np.arange(len(true_mm)) / VIDEO_FPS
     corr = float(np.corrcoef(true_mm, pred_mm)[0, 1]) if len(t) > 1 and true_mm.std() > 0 and pred_mm.std() > 0 else float("nan")
     fig, ax = plt.subplots(figsize=(9, 3))
@@ -31,11 +28,7 @@ def mouth_opening_figure(true_mm: np.ndarray, pred_mm: np.ndarray, title: str, o
     ax.set_title(f"{title}   r = {corr:.3f}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 @torch.no_grad()

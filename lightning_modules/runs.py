@@ -15,6 +15,7 @@ from typing import Any
 
 from lightning_modules.tracking import default_tracking_uri
 from preprocess.bench import format_table
+from preprocess.figures import pyplot, save_figure
 
 LOWER_IS_BETTER_HINTS = ("loss", "mse", "error", "mm", "lmd", "fid", "lpips")
 
@@ -79,12 +80,7 @@ def _cell(v: Any) -> str:
 
 def plot_runs(client: Any, runs: list[dict[str, Any]], metrics: Sequence[str], out: Path) -> Path:
     """One panel per metric, one line per run, on the step axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(8, 2.8 * len(metrics)), squeeze=False)
+    fig, axes = pyplot().subplots(len(metrics), 1, figsize=(8, 2.8 * len(metrics)), squeeze=False)
     for ax, m in zip(axes[:, 0], metrics):
         for row in runs:
             history = sorted(client.get_metric_history(row["_run_id"], m), key=lambda x: (x.step, x.timestamp))
@@ -94,11 +90,7 @@ def plot_runs(client: Any, runs: list[dict[str, Any]], metrics: Sequence[str], o
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def compare(args: argparse.Namespace) -> None:

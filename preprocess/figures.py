@@ -35,12 +35,28 @@ def index_sets_figure(sample: dict, model: FaceModel, out: Path) -> None:
     cv2.imwrite(str(out), np.concatenate(tiles, 1)[:, :, ::-1])
 
 
-def mouth_figure(sample: dict, model: FaceModel, out: Path) -> None:
+def pyplot():  # noqa: ANN201 - the matplotlib.pyplot module
+    """matplotlib.pyplot on the file-only Agg backend (no display on training nodes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, out: Path, tight: bool = True, dpi: int | None = 110) -> Path:  # noqa: ANN001 - a matplotlib Figure
+    """Write ``fig`` to ``out`` (folder created) and free it."""
+    if tight:
+        fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    pyplot().close(fig)
+    return out
+
+
+def mouth_figure(sample: dict, model: FaceModel, out: Path) -> None:
+    plt = pyplot()
     pts = project_sample(model, sample["coeffs"])
     fitted = mouth_opening(pts, model)
     measured = mouth_opening(sample["coeffs"]["lmk"], model)
@@ -64,8 +80,7 @@ def mouth_figure(sample: dict, model: FaceModel, out: Path) -> None:
         sub.imshow(img[96:224, 64:192])
         sub.set_title(f"{what}, t={k / 25:.2f}s", fontsize=8)
         sub.axis("off")
-    fig.savefig(out)
-    plt.close(fig)
+    save_figure(fig, out, tight=False, dpi=None)  # hand-placed axes; dpi set on the figure
 
 
 def main(argv: list[str] | None = None) -> None:
