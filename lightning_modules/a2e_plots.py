@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import lightning as L
@@ -11,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_modules.a2e_inference import predict_expressions
-from lightning_modules.tracking import find_run_logger
+from lightning_modules.tracking import artifact_folder, log_artifact
 from preprocess.figures import pyplot, save_figure
 from preprocess.media import VIDEO_FPS
 
@@ -64,9 +63,5 @@ class MouthOpeningPlot(Callback):
         clip = trainer.datamodule.example_clip(self.split, self.index)
         true, pred = clip_mouth_opening(pl_module, clip)
         name = f"mouth_opening_{clip['key']}_step{trainer.global_step}.png"
-        ckpt = trainer.checkpoint_callback
-        folder = Path(ckpt.dirpath) if ckpt is not None and ckpt.dirpath else Path(tempfile.mkdtemp())
-        path = mouth_opening_figure(true, pred, f"{clip['key']} ({self.split}), step {trainer.global_step}", folder / name)
-        logger = find_run_logger(trainer)
-        if logger is not None:
-            logger.experiment.log_artifact(logger.run_id, str(path), "plots")
+        path = mouth_opening_figure(true, pred, f"{clip['key']} ({self.split}), step {trainer.global_step}", artifact_folder(trainer) / name)
+        log_artifact(trainer, path, "plots")

@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from lightning_modules.tracking import RUN_NAME_ENV, TrackingCallback, find_run_logger, latest_checkpoint, run_of_checkpoint
@@ -66,6 +67,7 @@ class RealTalkCLI(LightningCLI):
     # -- run and checkpoint bookkeeping, before each subcommand -----------------------------------
     def before_fit(self) -> None:
         self._prepare_run()
+        self._gan_ddp()
 
     def before_validate(self) -> None:
         self._prepare_run()
@@ -111,6 +113,18 @@ class RealTalkCLI(LightningCLI):
                     f"run {logger.run_name!r} already has checkpoints in {ckpt_cb.dirpath}: "
                     "resume it with --ckpt_path last, or choose another trainer.logger.init_args.run_name"
                 )
+
+    def _gan_ddp(self) -> None:
+        """A manually optimised GAN under DDP needs ``find_unused_parameters``.
+
+        Lightning wraps the whole LightningModule in one DDP, and each of the critic's and the
+        generator's backward passes reaches only its own network's parameters; without the
+        flag DDP waits for gradients that never come and fails at the next step.
+        """
+        strategy = self.trainer.strategy
+        if not self.model.automatic_optimization and isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters"):
+            strategy._ddp_kwargs["find_unused_parameters"] = True
+            rank_zero_info("manual optimisation under DDP: find_unused_parameters=True (the generator and critic steps each reach half the parameters)")
 
     def _new_run_name(self) -> str:
         """``<model>-<time>``, shared by every process of a DDP job.

@@ -12,6 +12,7 @@ import importlib.metadata
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,21 @@ class RunLogger(MLFlowLogger):
 
 def find_run_logger(trainer: L.Trainer) -> RunLogger | None:
     return next((lg for lg in trainer.loggers if isinstance(lg, RunLogger)), None)
+
+
+def artifact_folder(trainer: L.Trainer) -> Path:
+    """Where a callback writes files it also logs: the run's checkpoint folder (a temporary one without checkpoints)."""
+    ckpt = trainer.checkpoint_callback
+    folder = Path(ckpt.dirpath) if ckpt is not None and ckpt.dirpath else Path(tempfile.mkdtemp())
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def log_artifact(trainer: L.Trainer, path: Path, artifact_path: str) -> None:
+    """Attach a file to the MLflow run under ``artifact_path`` (nothing without a RunLogger)."""
+    logger = find_run_logger(trainer)
+    if logger is not None:
+        logger.experiment.log_artifact(logger.run_id, str(path), artifact_path)
 
 
 def git_state() -> dict[str, str]:

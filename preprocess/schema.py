@@ -95,10 +95,10 @@ class ShardMismatchError(ValueError):
     """Shards made with another face model or audio feature extractor than the config asks for."""
 
 
-def check_compatible(meta: dict[str, Any], face_model: str, audio_features: str) -> None:
-    """Stop with a clear message when a shard does not match the reader's configuration."""
+def check_compatible(meta: dict[str, Any], face_model: str, audio_features: str | None) -> None:
+    """Stop with a clear message when a shard does not match the reader's configuration (None: any audio features)."""
     have_fm, have_af = meta["face_model"]["full_name"], meta["audio_features"]["name"]
-    if have_fm != face_model or have_af != audio_features:
+    if have_fm != face_model or (audio_features is not None and have_af != audio_features):
         raise ShardMismatchError(
             f"sample {meta.get('key')} was made with face model {have_fm!r} and audio features {have_af!r}, "
             f"but the config asks for {face_model!r} and {audio_features!r}: regenerate the shards "

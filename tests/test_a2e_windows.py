@@ -121,4 +121,4 @@ def test_truncated_shard_and_damaged_sample_are_skipped_with_a_warning(tmp_path,
     with caplog.at_level("WARNING"):
         assert len(list(dm.train_dataloader())) == 6  # the other shard keeps training going
     assert "train-000-000000.tar" in caplog.text and "rewrite that shard" in caplog.text
-    assert dm._decode({"__key__": "k", "__url__": "u", "meta.json": b"{"}) is None
+    assert dm.decode({"__key__": "k", "__url__": "u", "meta.json": b"{"}) is None

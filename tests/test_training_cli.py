@@ -15,11 +15,14 @@ from tests.synthetic_shards import AUDIO_NAME, write_synthetic_shards
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 BASE = ["model/a2e.yaml", "data/a2e.yaml", "trainer/cpu.yaml", "logger/mlflow.yaml", "debug/tiny.yaml"]
+RENDERER_BASE = ["model/renderer.yaml", "data/renderer.yaml", "trainer/cpu.yaml", "logger/mlflow.yaml", "debug/tiny_renderer.yaml"]
 
 
-def tiny_args(shards: Path, *extra_configs: str) -> list[str]:
-    """--config arguments for the tiny CPU run on synthetic shards."""
-    args = [a for c in (*BASE[:-1], *extra_configs, BASE[-1]) for a in ("--config", str(CONFIGS / c))]  # tiny stays last
+def tiny_args(shards: Path, *extra_configs: str, base: list[str] = BASE) -> list[str]:
+    """--config arguments for the tiny CPU run of a stage on synthetic shards."""
+    args = [a for c in (*base[:-1], *extra_configs, base[-1]) for a in ("--config", str(CONFIGS / c))]  # tiny stays last
+    if base is RENDERER_BASE:
+        return [*args, "--data.init_args.shards", str(shards)]
     return [*args, "--data.init_args.shards", str(shards), "--data.init_args.audio_features", AUDIO_NAME, "--data.init_args.audio_dim", "16"]
 
 
@@ -47,22 +50,32 @@ def shards(tmp_path_factory) -> Path:
     return write_synthetic_shards(tmp_path_factory.mktemp("shards"), {"train": 3, "val": 2, "test": 2}, frames=40)
 
 
+@pytest.fixture(scope="module")
+def frame_shards(tmp_path_factory) -> Path:
+    return write_synthetic_shards(tmp_path_factory.mktemp("frames"), {"train": 3, "val": 2, "test": 2}, frames=24, image_size=64)
+
+
 def every_preset() -> list[str]:
     return sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml") if p.parts[-2] != "preprocess")
 
 
 @pytest.mark.parametrize("preset", every_preset())
-def test_every_preset_parses_and_instantiates(preset, shards, monkeypatch, capsys):
+def test_every_preset_parses_and_instantiates(preset, shards, frame_shards, monkeypatch, capsys):
     from lightning_modules.cli import RealTalkCLI
 
-    args = tiny_args(shards, preset)  # the synthetic shards' folder and features override the preset's
+    renderer = "renderer" in preset
+    # the synthetic shards' folder (and features) override the preset's
+    args = tiny_args(frame_shards, preset, base=RENDERER_BASE) if renderer else tiny_args(shards, preset)
     with pytest.raises(SystemExit) as e:
         RealTalkCLI(args=["fit", *args, "--print_config"])
     assert e.value.code == 0 and "class_path" in capsys.readouterr().out
     if preset.startswith(("model/", "data/", "debug/", "experiment/")):
         cli = RealTalkCLI(args=args, run=False, trainer_defaults={"accelerator": "cpu", "devices": 1})
         cli.datamodule.setup("fit")
-        assert cli.model.net.audio_embed.in_features == 16  # linked from the data config
+        if renderer:  # coefficient widths linked from the face model
+            assert cli.model.net.coeff_dim == cli.datamodule.masker.face_model.shape_dim + cli.datamodule.masker.face_model.exp_dim + 6
+        else:
+            assert cli.model.net.audio_embed.in_features == 16  # linked from the data config
 
 
 def test_wrong_key_is_a_clear_error(shards, tmp_path):

