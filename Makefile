@@ -3,12 +3,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+RENDERER_BENCH_ARGS ?=  # e.g. --no-compile --batches 1 8 on a small CPU (compiling the 69 M renderer takes minutes there)
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full lint demo bench face-model figures mlflow-ui a2e-grid clean
+.PHONY: help install test test-full lint demo bench face-model figures mlflow-ui a2e-grid renderer-grid clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -31,13 +32,16 @@ lint: install ## ruff over the code and tests
 	$(VENV)/bin/ruff check preprocess datamodules lightning_modules metrics tests
 
 A2E_CONFIGS := --config configs/model/a2e.yaml --config configs/data/a2e.yaml --config configs/trainer/cpu.yaml --config configs/logger/mlflow.yaml
+RENDERER_CONFIGS := --config configs/model/renderer.yaml --config configs/data/renderer.yaml --config configs/trainer/cpu.yaml --config configs/logger/mlflow.yaml
 
-demo: install ## preprocess the bundled GRID samples, train A2E on them (CPU, local MLflow), compare the runs
+demo: install ## preprocess the bundled GRID samples, train A2E and the renderer on them (CPU, local MLflow), compare the runs
 	$(PY) -m preprocess shard --config configs/preprocess/demo.yaml --overwrite true
 	$(PY) -m preprocess preview --shards sharded_data/demo --out sharded_data/demo/preview.png
 	$(PY) -m lightning_modules fit $(A2E_CONFIGS) --config configs/experiment/a2e_demo.yaml
 	$(PY) -m lightning_modules.runs compare --experiment a2e-demo --metrics val/exp_mse val/exp_mse_clip_mean val/mouth_vertex_mm val/mouth_vertex_mm_clip_mean val/lip_open_corr train/loss/total --plot sharded_data/demo/a2e_runs.png
-	@echo "demo done: shards and plots in sharded_data/demo/, checkpoints in checkpoints/a2e-demo/, runs in mlruns/ (make mlflow-ui)"
+	$(PY) -m lightning_modules fit $(RENDERER_CONFIGS) --config configs/experiment/renderer_demo.yaml
+	$(PY) -m lightning_modules.runs compare --experiment renderer-demo --metrics val/l1_mask val/psnr_mask val/loss/perceptual train/loss/l1 train/loss/critic
+	@echo "demo done: shards and plots in sharded_data/demo/, checkpoints and image grids in checkpoints/{a2e,renderer}-demo/, runs in mlruns/ (make mlflow-ui)"
 
 mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 over the local database ./mlruns/mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port 5000
@@ -50,9 +54,15 @@ a2e-grid: install ## A2E with/without priors on the 8 GRID clips of ../shared/da
 	    --trainer.logger.init_args.run_name priors-$$3-$$(date +%H%M%S) || exit 1; done
 	$(PY) -m lightning_modules.runs compare --experiment a2e-grid-dev --metrics val/exp_mse val/exp_mse_clip_mean val/exp_mse_history_mean val/mouth_vertex_mm val/mouth_vertex_mm_clip_mean val/lip_open_corr --plot docs/a2e_grid_runs.png
 
-bench: install ## preprocessing throughput per stage (one core) and A2E inference latency/throughput (CPU, and CUDA when present)
+renderer-grid: install ## renderer GAN on the 8 GRID clips at 128 px (CPU-sized; image grids and loss curves in MLflow)
+	$(PY) -m preprocess shard --config configs/preprocess/grid_dev.yaml
+	$(PY) -m lightning_modules fit $(RENDERER_CONFIGS) --config configs/experiment/renderer_grid_dev.yaml
+	$(PY) -m lightning_modules.runs compare --experiment renderer-grid-dev --metrics val/l1_mask val/psnr_mask val/loss/perceptual train/loss/l1 train/loss/perceptual --plot docs/renderer_grid_runs.png
+
+bench: install ## preprocessing throughput, A2E and renderer inference latency/throughput (CPU, and CUDA when present)
 	$(PY) -m preprocess.bench
 	$(PY) -m lightning_modules.bench
+	$(PY) -m lightning_modules.renderer_bench $(RENDERER_BENCH_ARGS)
 
 face-model: install ## rebuild the shipped face model from the five GRID clips not bundled (needs ../shared/data/grid)
 	$(PY) -m preprocess build-face-model --root ../shared/data/grid --exclude '[bbaf2n,brbk7n,lbax4n]'

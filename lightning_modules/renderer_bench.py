@@ -1,0 +1,116 @@
+"""``python -m lightning_modules.renderer_bench``: FIA renderer inference and training throughput.
+
+Inference at 256×256 (paper: 30.8 ms per frame on a V100): latency at batch 1 and throughput at
+batch 32, fp32 and bf16 autocast, eager and ``torch.compile``, on CPU and on CUDA when present;
+the Table 7 variants (1 and 3 residual blocks) as ratios to the default in the same run. On a
+GPU also the training step (generator + critic + perceptual loss, bf16-mixed, through
+Lightning) in images per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from contextlib import nullcontext
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from lightning_modules.losses.renderer_loss import PerceptualLoss, RendererLoss
+from lightning_modules.nets.fia_renderer import FIARenderer
+from lightning_modules.nets.patch_discriminator import PatchDiscriminator
+from lightning_modules.renderer_module import RendererModule
+from preprocess.bench import _cpu_name, _timed, format_table
+
+SHAPE_DIM, EXP_DIM = 9, 64  # the shipped face model's widths
+
+
+def _inputs(batch: int, size: int, device: str) -> tuple[torch.Tensor, ...]:
+    x = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+    mask = torch.zeros(batch, 1, size, size, device=device)
+    mask[..., size // 2 :, :] = 1
+    return x * (1 - mask), mask, x, torch.randn(batch, SHAPE_DIM + EXP_DIM + 6, device=device)
+
+
+def _inference(net: torch.nn.Module, batch: int, size: int, device: str, bf16: bool, repeats: int) -> float:
+    """Median seconds per forward pass (the first calls, compilation included, are warm-up)."""
+    args = _inputs(batch, size, device)
+    amp = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    def call() -> None:
+        with torch.inference_mode(), amp:
+            net(*args)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    call()
+    return _timed(call, repeats)
+
+
+class _StepTimer(L.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.batches = warmup, 0.0, 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+        self.batches += 1
+        if self.batches == self.warmup:
+            self.start = time.perf_counter()
+
+
+def _training(batch: int, size: int, steps: int, device: str) -> float:
+    """Images per second of full GAN training steps (critic on) in bf16-mixed."""
+    data = [dict(zip(("source", "mask", "reference"), _inputs(batch, size, "cpu")[:3])) for _ in range(4)]
+    for d in data:
+        d |= {"teeth": d["mask"], "shape": torch.zeros(batch, SHAPE_DIM), "exp": torch.zeros(batch, EXP_DIM), "pose": torch.zeros(batch, 6)}
+    module = RendererModule(FIARenderer(SHAPE_DIM, EXP_DIM), PatchDiscriminator(), RendererLoss(PerceptualLoss()), disc_start_step=0)
+    timer = _StepTimer(warmup=3)
+    trainer = L.Trainer(accelerator=device, devices=1, precision="bf16-mixed", max_steps=2 * (steps + timer.warmup), logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    loader = DataLoader(data * (steps + timer.warmup), batch_size=None)
+    trainer.fit(module, train_dataloaders=loader)
+    return (timer.batches - timer.warmup) * batch / (time.perf_counter() - timer.start)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=256, help="image side")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="frames per forward pass")
+    ap.add_argument("--repeats", type=int, default=None, help="timed calls per case (default: 20 on CUDA, 3 on CPU, 1 for CPU batches > 1)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (compiling takes minutes on a CPU)")
+    ap.add_argument("--train-steps", type=int, default=20, help="timed training steps (CUDA only)")
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(0)
+    nets = {b: FIARenderer(SHAPE_DIM, EXP_DIM, blocks=b) for b in (2, 1, 3)}
+    params = {b: sum(p.numel() for p in n.parameters()) / 1e6 for b, n in nets.items()}
+    print(f"FIA renderer at {args.size}x{args.size}: {params[2]:.2f} M parameters (blocks=2; paper 69.24 M), "
+          f"blocks=1 {params[1]:.2f} M (52.53), blocks=3 {params[3]:.2f} M (85.96)")
+    print(f"machine: {_cpu_name()}, {os.cpu_count()} cores" + (f"; GPU: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "; no GPU"))
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    for device in devices:
+        eager = {b: n.to(device).eval() for b, n in nets.items()}
+        modes = [("eager", eager[2])] + ([] if args.no_compile else [("compile", torch.compile(eager[2]))])
+        for batch in args.batches:
+            repeats = args.repeats or (20 if device == "cuda" else 3 if batch == 1 else 1)
+            for bf16 in (False, True):
+                for mode, net in modes:
+                    t = _inference(net, batch, args.size, device, bf16, repeats)
+                    rows.append([device, "bf16" if bf16 else "fp32", mode, str(batch), "blocks=2", f"{t * 1e3:,.1f}", f"{t * 1e3 / batch:,.1f}", f"{batch / t:,.1f}", "1.00x"])
+            base = _inference(eager[2], 1, args.size, device, False, repeats) if batch == 1 else None
+            if base:
+                for b in (1, 3):
+                    t = _inference(eager[b], 1, args.size, device, False, repeats)
+                    rows.append([device, "fp32", "eager", "1", f"blocks={b}", f"{t * 1e3:,.1f}", f"{t * 1e3:,.1f}", f"{1 / t:,.1f}", f"{t / base:.2f}x"])
+    print(format_table(["device", "precision", "mode", "batch", "model", "ms / call", "ms / frame", "frames / s", "vs blocks=2"], rows))
+    if torch.cuda.is_available():
+        for batch in (8, 16):
+            print(f"training step, cuda bf16-mixed, batch {batch} at {args.size}px: {_training(batch, args.size, args.train_steps, 'cuda'):,.1f} images/s")
+
+
+if __name__ == "__main__":
+    main()
