@@ -17,7 +17,7 @@ from lightning_modules.tracking import default_tracking_uri
 from preprocess.bench import format_table
 from preprocess.figures import pyplot, save_figure
 
-LOWER_IS_BETTER_HINTS = ("loss", "mse", "error", "mm", "lmd", "fid", "lpips")
+LOWER_IS_BETTER_HINTS = ("l1", "loss", "mse", "error", "mm", "lmd", "fid", "lpips")
 
 
 def lower_is_better(metric: str) -> bool:
