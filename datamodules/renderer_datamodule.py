@@ -83,18 +83,21 @@ class RendererDataModule(ShardDataModule):
         refs[clash] = valid[(np.searchsorted(valid, refs[clash]) + 1) % len(valid)]  # another frame, never the source itself
         return refs
 
-    def train_items(self, key: str, clip: dict[str, Any], rng: np.random.Generator) -> Iterator[dict[str, Any]]:
+    @staticmethod
+    def _seen_frames(key: str, clip: dict[str, Any]) -> np.ndarray:
         valid = valid_frames(clip)
         if len(valid) == 0:
             log.warning("skipping clip %s: no frame with a detected face", key)
+        return valid
+
+    def train_items(self, key: str, clip: dict[str, Any], rng: np.random.Generator) -> Iterator[dict[str, Any]]:
+        if len(valid := self._seen_frames(key, clip)) == 0:
             return
         sources = rng.choice(valid, self.hparams.frames_per_clip, replace=len(valid) < self.hparams.frames_per_clip)
         yield from frame_examples(clip, sources, self._reference(valid, sources, rng), self.hparams.image_size, self.masker)
 
     def eval_items(self, key: str, clip: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        valid = valid_frames(clip)
-        if len(valid) == 0:
-            log.warning("skipping clip %s: no frame with a detected face", key)
+        if len(valid := self._seen_frames(key, clip)) == 0:
             return
         sources = valid[:: self.hparams.eval_stride]
         yield from frame_examples(clip, sources, self._reference(valid, sources, None), self.hparams.image_size, self.masker)
