@@ -13,12 +13,15 @@ from torchmetrics import MeanMetric
 from lightning_modules.a2e_inference import predict_expressions
 from lightning_modules.losses.a2e_loss import A2ELoss
 from lightning_modules.nets.a2e_transformer import A2ETransformer
+from lightning_modules.stage_metrics import StageMetrics
 from metrics.correlation import PearsonFromSums
 from preprocess.face_model import FaceModel
 
 
-class A2EEvalMetrics(nn.Module):
+class A2EEvalMetrics(StageMetrics):
     """Validation/test metrics of one stage (one instance per stage, reduced across ranks by torchmetrics)."""
+
+    prog_bar_metric = "exp_mse"
 
     def __init__(self) -> None:
         super().__init__()
@@ -28,9 +31,6 @@ class A2EEvalMetrics(nn.Module):
         self.mouth_vertex_mm = MeanMetric()  # mean distance of the mouth vertices, face-model millimetres
         self.mouth_vertex_mm_clip_mean = MeanMetric()  # the same for the clip-mean predictor
         self.lip_open_corr = PearsonFromSums()  # predicted vs true inner-lip opening over time
-
-    def items(self) -> list[tuple[str, Any]]:
-        return list(self.named_children())
 
 
 class A2EModule(L.LightningModule):
@@ -100,8 +100,7 @@ class A2EModule(L.LightningModule):
             m.mouth_vertex_mm.update((pred_v[..., mouth, :] - true_v[..., mouth, :]).norm(dim=-1).mean(-1), mask)
             m.mouth_vertex_mm_clip_mean.update((mean_v[..., mouth, :] - true_v[..., mouth, :]).norm(dim=-1).mean(-1), mask)
             m.lip_open_corr.update(fm.mouth_opening(pred_v), fm.mouth_opening(true_v), mask)
-        for name, metric in m.items():
-            self.log(f"{stage}/{name}", metric, on_epoch=True, batch_size=bs, prog_bar=name == "exp_mse")
+        m.log_to(self, stage, bs)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")

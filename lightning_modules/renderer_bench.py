@@ -97,12 +97,13 @@ def main(argv: list[str] | None = None) -> None:
         modes = [("eager", eager[2])] + ([] if args.no_compile else [("compile", torch.compile(eager[2]))])
         for batch in args.batches:
             repeats = args.repeats or (20 if device == "cuda" else 3 if batch == 1 else 1)
+            times = {}
             for bf16 in (False, True):
                 for mode, net in modes:
-                    t = _inference(net, batch, args.size, device, bf16, repeats)
+                    t = times[bf16, mode] = _inference(net, batch, args.size, device, bf16, repeats)
                     rows.append([device, "bf16" if bf16 else "fp32", mode, str(batch), "blocks=2", f"{t * 1e3:,.1f}", f"{t * 1e3 / batch:,.1f}", f"{batch / t:,.1f}", "1.00x"])
-            base = _inference(eager[2], 1, args.size, device, False, repeats) if batch == 1 else None
-            if base:
+            if batch == 1:  # Table 7 variants against the fp32 eager blocks=2 row above
+                base = times[False, "eager"]
                 for b in (1, 3):
                     t = _inference(eager[b], 1, args.size, device, False, repeats)
                     rows.append([device, "fp32", "eager", "1", f"blocks={b}", f"{t * 1e3:,.1f}", f"{t * 1e3:,.1f}", f"{1 / t:,.1f}", f"{t / base:.2f}x"])

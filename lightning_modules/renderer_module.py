@@ -6,7 +6,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
@@ -14,20 +13,20 @@ from torchmetrics import MeanMetric
 from lightning_modules.losses.renderer_loss import RendererLoss, hinge_d_loss, masked_l1
 from lightning_modules.nets.fia_renderer import FIARenderer, blend, coefficient_vector
 from lightning_modules.nets.patch_discriminator import PatchDiscriminator
+from lightning_modules.stage_metrics import StageMetrics
 
 
-class RendererEvalMetrics(nn.Module):
+class RendererEvalMetrics(StageMetrics):
     """Validation/test reconstruction metrics (one instance per stage, reduced across ranks by torchmetrics)."""
+
+    prog_bar_metric = "l1_mask"
 
     def __init__(self) -> None:
         super().__init__()
         self.l1 = MeanMetric()  # whole blended frame, [-1, 1] units
         self.l1_mask = MeanMetric()  # over the redrawn region only: the number the renderer controls
         self.l1_teeth = MeanMetric()
-        self.psnr_mask = MeanMetric()  # dB over the redrawn region, images mapped to [0, 1]
-
-    def items(self) -> list[tuple[str, Any]]:
-        return list(self.named_children())
+        self.psnr_mask = MeanMetric()  # dB over the redrawn region, images mapped to [0, 1]; frames with an empty region are left out
 
 
 class RendererModule(L.LightningModule):
@@ -126,17 +125,13 @@ class RendererModule(L.LightningModule):
         self.log_dict(parts, on_epoch=True, sync_dist=True, batch_size=bs)
         m = self.eval_metrics[stage]
         with torch.autocast(fake.device.type, enabled=False):
-            per = (fake - real).abs().mean((1, 2, 3))
-            m.l1.update(per)
-            region = mask > 0
-            for i in range(bs):
-                m.l1_mask.update(masked_l1(fake[i : i + 1], real[i : i + 1], region[i : i + 1].float()))
-                m.l1_teeth.update(masked_l1(fake[i : i + 1], real[i : i + 1], teeth[i : i + 1]))
-                sel = region[i].expand_as(fake[i])
-                mse = F.mse_loss((fake[i][sel] + 1) / 2, (real[i][sel] + 1) / 2) if sel.any() else fake.new_tensor(0.0)
-                m.psnr_mask.update(-10 * torch.log10(mse.clamp_min(1e-10)))
-        for name, metric in m.items():
-            self.log(f"{stage}/{name}", metric, on_epoch=True, batch_size=bs, prog_bar=name == "l1_mask")
+            region = (mask > 0).float()
+            m.l1.update((fake - real).abs().mean((1, 2, 3)))
+            m.l1_mask.update(masked_l1(fake, real, region, per_sample=True))
+            m.l1_teeth.update(masked_l1(fake, real, teeth, per_sample=True))
+            mse = masked_l1((fake + 1) / 2, (real + 1) / 2, region, per_sample=True, power=2)
+            m.psnr_mask.update(-10 * torch.log10(mse.clamp_min(1e-10)), region.flatten(1).amax(1))
+        m.log_to(self, stage, bs)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")

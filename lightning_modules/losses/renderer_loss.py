@@ -27,10 +27,15 @@ class PerceptualLoss(nn.Module):
         return torch.stack([F.l1_loss(f[: len(fake)], f[len(fake) :]) for f in feats]).mean()
 
 
-def masked_l1(fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """L1 over the pixels of ``mask`` (mean over masked pixels and channels; 0 when the mask is empty)."""
+def masked_l1(fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor, per_sample: bool = False, power: int = 1) -> torch.Tensor:
+    """Mean |fake − real|^power over the pixels of ``mask`` and the channels (0 where the mask is empty).
+
+    One value for the batch, or one per sample [B] with ``per_sample`` (``power=2`` gives the masked MSE).
+    """
     weight = mask.expand_as(fake)
-    return ((fake - real).abs() * weight).sum() / weight.sum().clamp_min(1.0)
+    err = (fake - real).abs().pow(power) * weight
+    dims = tuple(range(1, fake.dim())) if per_sample else tuple(range(fake.dim()))
+    return err.sum(dims) / weight.sum(dims).clamp_min(1.0)
 
 
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
