@@ -1,3 +1,9 @@
-"""torchmetrics Metric subclasses: the A2E lip-opening correlation now; LMD, FID / FD_effnet,
-LPIPS, SSIM, CSIM and Sync with the metrics issue.
+"""torchmetrics Metric subclasses for evaluation (each reduces exactly across processes).
+
+- :mod:`metrics.landmark_distance`: LMD / M-LMD / F-LMD on dlib 68-point landmarks;
+- :mod:`metrics.identity_similarity`: CSIM on dlib's 128-d identity embeddings;
+- :mod:`metrics.image_quality`: PSNR and SSIM, whole crop and redrawn region;
+- :mod:`metrics.perceptual_similarity`: LPIPS (AlexNet weights from a path or the hub cache);
+- :mod:`metrics.frechet_distance`: FID (InceptionV3 from a path) and FD_effnet (offline);
+- :mod:`metrics.correlation`: the A2E lip-opening correlation.
 """

@@ -48,7 +48,8 @@ def _vgg19(weights: str | None, pretrained: bool) -> tuple[nn.Module, tuple[int,
     return net, VGG19_TAPS
 
 
-def _efficientnet_lite0(weights: str | None, pretrained: bool) -> tuple[nn.Module, tuple[int, ...]]:
+def efficientnet_lite0(weights: str | None = None, pretrained: bool = True) -> nn.Module:
+    """The whole EfficientNet-Lite0 (``efficientnet_lite_pytorch.EfficientNet``) with ImageNet weights."""
     from efficientnet_lite_pytorch import EfficientNet
 
     net = EfficientNet.from_name("efficientnet-lite0")
@@ -68,6 +69,11 @@ def _efficientnet_lite0(weights: str | None, pretrained: bool) -> tuple[nn.Modul
         missing, unexpected = net.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith("_fc.") for k in missing):
             raise MissingWeightsError(f"{weights} is not an EfficientNet-Lite0 checkpoint (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return net
+
+
+def _efficientnet_lite0(weights: str | None, pretrained: bool) -> tuple[nn.Module, tuple[int, ...]]:
+    net = efficientnet_lite0(weights, pretrained)
     stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
     return nn.Sequential(stem, *net._blocks[: EFFNET_TAPS[-1] + 1]), tuple(t + 1 for t in EFFNET_TAPS)
 
