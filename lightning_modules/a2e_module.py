@@ -11,6 +11,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_modules.a2e_inference import predict_expressions
+from lightning_modules.hparams import save_hparams
 from lightning_modules.losses.a2e_loss import A2ELoss
 from lightning_modules.nets.a2e_transformer import A2ETransformer
 from lightning_modules.stage_metrics import StageMetrics
@@ -63,7 +64,7 @@ class A2EModule(L.LightningModule):
             inference_overlap = window // 2
         if not 0 <= inference_overlap < window:
             raise ValueError(f"model.init_args.inference_overlap must be in [0, window={window}); got {inference_overlap}")
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        save_hparams(self, networks=["net"], factories=["optimizer", "scheduler"])
         self.hparams.inference_overlap = inference_overlap
         self.net = net
         self.loss = A2ELoss(FaceModel(face_model), lambda_vertex)

@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
+from lightning_modules.hparams import save_hparams
 from lightning_modules.losses.renderer_loss import RendererLoss, hinge_d_loss, masked_l1
 from lightning_modules.nets.fia_renderer import FIARenderer, blend, coefficient_vector
 from lightning_modules.nets.patch_discriminator import PatchDiscriminator
@@ -65,7 +66,7 @@ class RendererModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
-        self.save_hyperparameters(ignore=["net", "discriminator", "loss", "optimizer_g", "optimizer_d", "scheduler_g", "scheduler_d"])
+        save_hparams(self, networks=["net", "discriminator", "loss"], factories=["optimizer_g", "optimizer_d", "scheduler_g", "scheduler_d"])
         self.net, self.discriminator, self.loss = net, discriminator, loss
         self.factories = (optimizer_g, optimizer_d, scheduler_g, scheduler_d)
         self.eval_metrics = nn.ModuleDict({"val": RendererEvalMetrics(), "test": RendererEvalMetrics()})

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAMPLE_CLIPS, tone, write_video
 
 from preprocess.errors import ClipError
 from preprocess.media import (
@@ -18,6 +17,7 @@ from preprocess.media import (
     read_wav,
     wav_bytes,
 )
+from tests.conftest import SAMPLE_CLIPS, tone, write_video
 
 
 def _level_frames(n: int) -> np.ndarray:

@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import SAMPLE_CLIPS
 from scipy import linalg
 from skimage.metrics import structural_similarity
 
@@ -25,6 +24,7 @@ from metrics.image_quality import ImageQuality
 from metrics.landmark_distance import LandmarkDistance
 from metrics.perceptual_similarity import PerceptualSimilarity, load_alexnet_features
 from preprocess.media import iter_frames
+from tests.conftest import SAMPLE_CLIPS
 
 FRAMES_PER_CLIP = 6
 

@@ -73,6 +73,7 @@ class A2ETransformer(nn.Module):
         history_residual: bool = True,
     ) -> None:
         super().__init__()
+        self.audio_dim, self.shape_dim, self.exp_dim = audio_dim, shape_dim, exp_dim  # linked from the data: kept in checkpoints
         self.d_model, self.pe_period = d_model, pe_period
         self.use_shape, self.use_history = use_shape, use_history
         self.history_residual = history_residual and use_history
