@@ -34,14 +34,15 @@ lint: install ## ruff over the code and tests
 A2E_CONFIGS := --config configs/model/a2e.yaml --config configs/data/a2e.yaml --config configs/trainer/cpu.yaml --config configs/logger/mlflow.yaml
 RENDERER_CONFIGS := --config configs/model/renderer.yaml --config configs/data/renderer.yaml --config configs/trainer/cpu.yaml --config configs/logger/mlflow.yaml
 
-demo: install ## preprocess the bundled GRID samples, train A2E and the renderer on them (CPU, local MLflow), compare the runs
+demo: install ## preprocess the bundled GRID samples, train A2E and the renderer on them (CPU, local MLflow), compare the runs, evaluate (Table 2)
 	$(PY) -m preprocess shard --config configs/preprocess/demo.yaml --overwrite true
 	$(PY) -m preprocess preview --shards sharded_data/demo --out sharded_data/demo/preview.png
 	$(PY) -m lightning_modules fit $(A2E_CONFIGS) --config configs/experiment/a2e_demo.yaml
 	$(PY) -m lightning_modules.runs compare --experiment a2e-demo --metrics val/exp_mse val/exp_mse_clip_mean val/mouth_vertex_mm val/mouth_vertex_mm_clip_mean val/lip_open_corr train/loss/total --plot sharded_data/demo/a2e_runs.png
 	$(PY) -m lightning_modules fit $(RENDERER_CONFIGS) --config configs/experiment/renderer_demo.yaml
 	$(PY) -m lightning_modules.runs compare --experiment renderer-demo --metrics val/l1_mask val/psnr_mask val/loss/perceptual train/loss/l1 train/loss/critic
-	@echo "demo done: shards and plots in sharded_data/demo/, checkpoints and image grids in checkpoints/{a2e,renderer}-demo/, runs in mlruns/ (make mlflow-ui)"
+	$(PY) -m lightning_modules evaluate --a2e checkpoints/a2e-demo --renderer checkpoints/renderer-demo --shards sharded_data/demo --split val test --out evaluation/demo --identity-every 5 --calibration
+	@echo "demo done: shards and plots in sharded_data/demo/, checkpoints and image grids in checkpoints/{a2e,renderer}-demo/, evaluation table and videos in evaluation/demo/, runs in mlruns/ (make mlflow-ui: experiment renderer-demo, metrics eval/*, artifacts eval/)"
 
 mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 over the local database ./mlruns/mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port 5000

@@ -144,6 +144,11 @@ class RealTalkCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     """Entry point (``python -m lightning_modules`` and the ``realtalk-train`` script)."""
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] == "evaluate":  # A2E -> renderer on test shards, not a LightningCLI subcommand
+        from lightning_modules.evaluate import main as evaluate_main
+
+        return evaluate_main(argv[1:])
     inherited = RUN_NAME_ENV in os.environ
     try:
         RealTalkCLI(args=args)

@@ -34,7 +34,9 @@ class ImageQuality(Metric):
     def update(self, preds: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Frames [N, 3, H, W] in [0, 1]; mask [N, 1, H, W]."""
         preds, target = preds.detach().double().clamp(0, 1), target.detach().double().clamp(0, 1)
-        _, ssim_map = structural_similarity_index_measure(preds, target, data_range=1.0, reduction="none", return_full_image=True)
+        # float32 convolutions (float64 ones are many times slower on CPU); the sums stay float64
+        _, ssim_map = structural_similarity_index_measure(preds.float(), target.float(), data_range=1.0, reduction="none", return_full_image=True)
+        ssim_map = ssim_map.double()
         b = SSIM_BORDER  # like Wang et al. and skimage: the border the window overhangs is left out of the mean
         ssim = ssim_map[..., b:-b, b:-b].mean((1, 2, 3))
         self.psnr_sum += self._psnr((preds - target).pow(2).mean((1, 2, 3))).sum()

@@ -185,6 +185,27 @@ def encode_mp4(frames: Sequence[np.ndarray], fps: int = VIDEO_FPS, crf: int = 18
     return buf.getvalue()
 
 
+def write_mp4(path: Path, frames: Sequence[np.ndarray], audio: np.ndarray | None = None, fps: int = VIDEO_FPS, rate: int = AUDIO_RATE, crf: int = 20) -> Path:
+    """A playable H.264 mp4 (yuv420p) with, when given, mono float ``audio`` muxed as AAC."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as c:
+        vs = c.add_stream("libx264", rate=Fraction(fps))
+        vs.height, vs.width = (d - d % 2 for d in frames[0].shape[:2])  # yuv420p needs even sides
+        vs.pix_fmt = "yuv420p"
+        vs.options = {"crf": str(crf), "preset": "veryfast"}
+        ast = c.add_stream("aac", rate=rate, layout="mono") if audio is not None else None
+        for f in frames:
+            c.mux(vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f[: vs.height, : vs.width]), format="rgb24")))
+        c.mux(vs.encode(None))
+        if ast is not None:
+            pcm = np.ascontiguousarray(np.clip(audio, -1, 1).astype(np.float32)[None])
+            frame = av.AudioFrame.from_ndarray(pcm, format="flt", layout="mono")
+            frame.sample_rate = rate
+            c.mux(ast.encode(frame))
+            c.mux(ast.encode(None))
+    return path
+
+
 def decode_mp4(data: bytes) -> np.ndarray:
     """Decode mp4 bytes to uint8 RGB frames [T, H, W, 3]."""
     with av.open(io.BytesIO(data)) as c:

@@ -1,0 +1,385 @@
+"""``python -m lightning_modules evaluate``: A2E -> renderer on a test shard set, scored like the paper's Table 2.
+
+Two settings: **reconstruction** (each clip driven by its own audio, scored against its own
+frames) and **cross-audio** (clip A driven by clip B's audio: the next clip in key order, a
+pairing file, or one external wav). For every pair of A2E and renderer checkpoints given (several
+of each = an ablation table, e.g. use_shape/use_history on/off or mask naive/learnable) it writes
+``table.md`` and ``table.csv``, logs the values as ``eval/<setting>/<metric>`` metrics of the
+renderer's MLflow run, and writes sample videos: generated crops pasted back into the source
+video with the driving audio (mp4), also logged to MLflow.
+
+Runs in one process (CPU or one GPU). Metrics whose weights are missing are left out of the
+default set and shown as "—"; asking for one explicitly without its weights is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from datamodules.renderer_datamodule import RendererDataModule
+from datamodules.renderer_frames import scale_camera, to_images, valid_frames
+from lightning_modules.a2e_inference import predict_expressions
+from lightning_modules.a2e_module import A2EModule
+from lightning_modules.evaluation_metrics import COLUMNS, LOWER_IS_BETTER, METRICS, SettingMetrics, default_metrics
+from lightning_modules.nets.fia_renderer import blend, coefficient_vector
+from lightning_modules.renderer_module import RendererModule
+from lightning_modules.tracking import latest_checkpoint, run_of_checkpoint
+from metrics.dlib_face import DlibFaces
+from preprocess.audio_features import AudioFeatureConfig, build_audio_features
+from preprocess.media import AUDIO_RATE, iter_frames, load_audio, write_mp4
+
+log = logging.getLogger(__name__)
+SAMPLES_PER_FRAME = AUDIO_RATE // 25
+
+
+@dataclass
+class System:
+    """One A2E + renderer pair under evaluation."""
+
+    a2e: A2EModule
+    renderer: RendererModule
+    data: RendererDataModule
+    label: str
+    run: dict[str, str] | None
+    params: dict[str, Any]
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A .ckpt file, or a folder: the newest ``last.ckpt`` in it or its run sub-folders."""
+    p = Path(path)
+    if p.is_dir():
+        found = latest_checkpoint(p)
+        if found is None:
+            raise SystemExit(f"error: no last.ckpt under {p}; train first or pass a .ckpt file")
+        return str(found)
+    if not p.is_file():
+        raise SystemExit(f"error: no checkpoint file {p}")
+    return str(p)
+
+
+def load_system(a2e_ckpt: str, renderer_ckpt: str, shards: str, device: torch.device) -> System:
+    try:
+        a2e = A2EModule.load_from_checkpoint(a2e_ckpt, map_location=device).eval()
+        renderer = RendererModule.load_from_checkpoint(renderer_ckpt, map_location=device).eval()
+    except TypeError as e:  # a checkpoint saved before networks were kept in the hyperparameters
+        raise SystemExit(f"error: cannot rebuild the networks from {a2e_ckpt} / {renderer_ckpt} ({e}); retrain with this version") from e
+    data = RendererDataModule.load_from_checkpoint(renderer_ckpt, shards=shards, num_workers=0)
+    runs = {k: run_of_checkpoint(p) or {} for k, p in (("a2e", a2e_ckpt), ("renderer", renderer_ckpt))}
+    names = {k: r.get("run_name") or Path(p).parent.name for (k, r), p in zip(runs.items(), (a2e_ckpt, renderer_ckpt))}
+    net = a2e.net
+    params = {
+        "use_shape": net.use_shape, "use_history": net.use_history, "mask": data.hparams.mask,
+        "blocks": renderer.hparams.net["init_args"].get("blocks") if isinstance(renderer.hparams.get("net"), dict) else None,
+        "image_size": data.hparams.image_size,
+    }
+    return System(a2e, renderer, data, f"{names['a2e']} + {names['renderer']}", runs["renderer"] or None, params)
+
+
+# -- clips and pairings ---------------------------------------------------------------------------
+def load_clips(data: RendererDataModule, splits: Sequence[str], max_clips: int | None) -> list[dict[str, Any]]:
+    clips = []
+    for raw in (r for split in splits for r in data.raw_samples(split)):
+        sample = data.decode(raw)
+        if sample is None:
+            continue
+        if len(valid_frames(sample)) == 0:
+            log.warning("skipping clip %s: no frame with a detected face", sample["__key__"])
+            continue
+        clips.append(sample)
+        if max_clips and len(clips) >= max_clips:
+            break
+    if not clips:
+        raise SystemExit(f"error: split(s) {', '.join(splits)} of {data.hparams.shards} have no usable clip")
+    return sorted(clips, key=lambda c: c["__key__"])
+
+
+def cross_pairs(clips: list[dict[str, Any]], pairs_file: str | None) -> list[tuple[int, int]]:
+    """(video clip, audio clip) indices: from the file (lines "video_key audio_key"), else each clip with the next."""
+    index = {c["__key__"]: i for i, c in enumerate(clips)}
+    if pairs_file:
+        out = []
+        for n, line in enumerate(Path(pairs_file).read_text().splitlines(), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            keys = line.split()
+            missing = [k for k in keys[:2] if k not in index]
+            if len(keys) < 2 or missing:
+                raise SystemExit(f"error: {pairs_file}:{n}: need 'video_key audio_key' of clips in the split; unknown {missing or keys}")
+            out.append((index[keys[0]], index[keys[1]]))
+        return out
+    if len(clips) < 2:
+        raise SystemExit("error: cross-audio needs at least 2 clips in the split (or --audio WAV)")
+    return [(i, (i + 1) % len(clips)) for i in range(len(clips))]
+
+
+def external_audio(path: str, clip: dict[str, Any]) -> dict[str, Any]:
+    """A driving "clip" from a wav: its samples and features made as the shards' were."""
+    samples = load_audio(Path(path))
+    frames = len(samples) // SAMPLES_PER_FRAME
+    name = clip["meta"]["audio_features"]["name"]
+    try:
+        extractor = build_audio_features(AudioFeatureConfig(name=name))
+    except Exception as e:
+        raise SystemExit(f"error: --audio needs the shards' audio features ({name!r}) on this machine: {e}") from e
+    return {"__key__": Path(path).stem, "audio": samples, "audio_feats": extractor(samples, frames)}
+
+
+# -- generation -----------------------------------------------------------------------------------
+@torch.no_grad()
+def generate(system: System, video: dict[str, Any], audio: dict[str, Any], batch: int, device: torch.device) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, float]]:
+    """Yield (first frame, generated crops, true crops, masks, seconds) for ``video`` driven by ``audio``.
+
+    Crops are [n, 3, crop, crop] in [0, 1]: the renderer's output upsampled to the crop size and
+    pasted into the true crop under the mask. The mask is the union of the masks of the fitted
+    and the predicted expression, so neither the old mouth shows through nor the new one is cut.
+    """
+    a2e, renderer, data = system.a2e, system.renderer, system.data
+    c, crop, size = video["coeffs"], int(video["meta"]["crop_size"]), data.hparams.image_size
+    frames = min(len(c["exp"]), len(audio["audio_feats"]) // 2)
+    rng = np.random.default_rng(0)
+    history = c["exp"][rng.choice(len(c["exp"]), a2e.hparams.num_history, replace=len(c["exp"]) < a2e.hparams.num_history)]
+    as_t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32)).to(device)  # noqa: E731
+    sync(device)
+    start = time.perf_counter()
+    exp_pred = predict_expressions(
+        a2e.net, as_t(audio["audio_feats"][: 2 * frames]), as_t(c["shape"][0]), as_t(history), a2e.hparams.window, a2e.hparams.inference_overlap
+    )
+    sync(device)
+    a2e_seconds = time.perf_counter() - start
+    reference = to_images(video["frames"][valid_frames(video)[:1]], size).to(device)
+    for s in range(0, frames, batch):
+        idx = np.arange(s, min(s + batch, frames))
+        shape, pose = as_t(c["shape"][idx]), as_t(c["pose"][idx])
+        camera = as_t(scale_camera(c["camera"][idx].astype(np.float32), crop, size))
+        exp = exp_pred[idx]
+        sync(device)
+        start = time.perf_counter()
+        mask = torch.maximum(data.masker(shape, exp, pose, camera, size)[0], data.masker(shape, as_t(c["exp"][idx]), pose, camera, size)[0])
+        source = to_images(video["frames"][idx], size).to(device)
+        out = renderer.net(source * (1 - mask), mask, reference.expand(len(idx), -1, -1, -1), coefficient_vector(shape, exp, pose))
+        out = blend(source, out.float(), mask)
+        sync(device)
+        seconds = time.perf_counter() - start + a2e_seconds * len(idx) / frames
+        real = torch.from_numpy(video["frames"][idx]).permute(0, 3, 1, 2).float().div(255)
+        fake, mask_crop = out.cpu().add(1).div(2), mask.cpu()
+        if size != crop:
+            up = lambda x: torch.nn.functional.interpolate(x, size=(crop, crop), mode="bilinear", align_corners=False)  # noqa: E731
+            fake, mask_crop = up(fake), up(mask_crop)
+        yield s, (real * (1 - mask_crop) + fake.clamp(0, 1) * mask_crop), real, mask_crop, seconds
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- videos ---------------------------------------------------------------------------------------
+def paste_back(video: dict[str, Any], crops: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Generated crops [T, S, S, 3] warped back into the clip's source video (the crops themselves when it is gone)."""
+    meta = video["meta"]
+    source = meta.get("source_path")
+    if not source or not Path(source).is_file():
+        log.warning("%s: source video %s not found; the sample video shows the crops", video["__key__"], source or "(none recorded)")
+        return crops
+    out = []
+    for t, frame in enumerate(iter_frames(Path(source), meta["start"], meta["end"])):
+        if t >= len(crops):
+            break
+        h, w = frame.shape[:2]
+        inverse = cv2.invertAffineTransform(video["coeffs"]["crop"][t].astype(np.float64))
+        patch = cv2.warpAffine(crops[t], inverse, (w, h), flags=cv2.INTER_LINEAR)
+        alpha = cv2.warpAffine(masks[t], inverse, (w, h), flags=cv2.INTER_LINEAR)[..., None]
+        out.append((frame * (1 - alpha) + patch * alpha).round().astype(np.uint8))
+    return np.stack(out) if len(out) == len(crops) else crops
+
+
+# -- the report -----------------------------------------------------------------------------------
+def cell(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+
+
+def no_face(row: dict[str, Any]) -> str:
+    """Frames skipped by LMD (no face in the ground truth) and by CSIM, e.g. ``0 / 2`` (— when not measured)."""
+    counts = [row.get("frames without a face"), row.get("CSIM frames skipped")]
+    return " / ".join("—" if c is None else str(int(c)) for c in counts)
+
+
+def write_tables(rows: list[dict[str, Any]], out: Path, notes: list[str]) -> str:
+    header = ["system", "setting", *COLUMNS, "no-face frames"]
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "table.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["system", "setting", *COLUMNS, "frames", "frames without a face", "CSIM frames skipped", "use_shape", "use_history", "mask", "blocks"])
+        for r in rows:
+            counts = (r.get(k) for k in ("frames", "frames without a face", "CSIM frames skipped"))
+            w.writerow([r["system"], r["setting"], *(r.get(c) for c in COLUMNS), *counts, *(r["params"].get(k) for k in ("use_shape", "use_history", "mask", "blocks"))])
+    arrows = {c: f"{c} {'↓' if c in LOWER_IS_BETTER else '↑'}" if c != "Sync conf" else c for c in COLUMNS}
+    lines = [
+        "| " + " | ".join(["system", "setting", *(arrows[c] for c in COLUMNS), "no-face frames"]) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join([r["system"], r["setting"], *(cell(r.get(c)) for c in COLUMNS), no_face(r)]) + " |" for r in rows),
+    ]
+    markdown = "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
+    (out / "table.md").write_text(markdown)
+    return markdown
+
+
+def metric_key(column: str) -> str:
+    """MLflow name of a table column: ``M-LMD`` -> ``m_lmd``, ``ms/frame`` -> ``ms_per_frame``."""
+    return column.lower().replace("/", "_per_").replace("-", "_").replace(" ", "_")
+
+
+def log_to_mlflow(system: System, rows: list[dict[str, Any]], out: Path, videos: list[Path], prefix: str) -> str | None:
+    if not system.run or not system.run.get("run_id"):
+        log.warning("%s: the renderer checkpoint names no MLflow run; results are in %s only", system.label, out)
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(system.run["tracking_uri"])
+    run_id = system.run["run_id"]
+    stamp = int(time.time() * 1000)
+    for r in rows:
+        for c in COLUMNS:
+            v = r.get(c)
+            if v is not None and not math.isnan(v):
+                key = f"{prefix}{r['setting']}/{metric_key(c)}"
+                client.log_metric(run_id, key, v, timestamp=stamp, step=0)
+    for f in ("table.md", "table.csv"):
+        client.log_artifact(run_id, str(out / f), "eval")
+    for v in videos:
+        client.log_artifact(run_id, str(v), "eval/videos")
+    return f"{system.run['experiment']} / {system.run['run_name']} ({run_id})"
+
+
+# -- calibration ----------------------------------------------------------------------------------
+def moved(frames: np.ndarray, dx: int) -> np.ndarray:
+    """Frames [T, H, W, 3] moved right by ``dx`` whole pixels, the uncovered columns repeating the edge."""
+    out = np.roll(frames, dx, axis=2)
+    out[:, :, :dx] = frames[:, :, :1]
+    return out
+
+
+def calibration_rows(clips: list[dict[str, Any]], chosen: list[str], faces: DlibFaces | None, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The metrics on real frames with known answers: each clip against itself (LMD 0, CSIM 1), against
+    itself moved 3 px (LMD 3), and against the next clip's frames (another speaker: CSIM lower)."""
+    as_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float().div(255)  # noqa: E731
+    cases = {
+        "itself": lambda i: (clips[i]["frames"], clips[i]["frames"]),
+        "itself moved 3 px": lambda i: (moved(clips[i]["frames"], 3), clips[i]["frames"]),
+        "next clip": lambda i: (clips[(i + 1) % len(clips)]["frames"], clips[i]["frames"]),
+    }
+    rows = []
+    for name, case in cases.items():
+        sm = SettingMetrics(True, [m for m in chosen if m in ("lmd", "csim", "quality")], faces, identity_every=args.identity_every)
+        for i in range(len(clips)):
+            fake, real = case(i)
+            t = min(len(fake), len(real))
+            for s in range(0, t, args.batch_size):
+                sm.update(as_t(fake[s : min(s + args.batch_size, t)]), as_t(real[s : min(s + args.batch_size, t)]), None, None, s)
+            sm.frames += t
+        rows.append({"system": "ground truth (calibration)", "setting": f"vs {name}", "params": {}, **sm.row(), "ms/frame": None})
+    return rows
+
+
+# -- the command ----------------------------------------------------------------------------------
+def evaluate(args: argparse.Namespace) -> str:
+    device = torch.device(args.device)
+    chosen = args.metrics or default_metrics(args.lpips_weights, args.fid_weights)
+    faces = DlibFaces() if {"lmd", "csim"} & set(chosen) else None
+    out = Path(args.out)
+    all_rows, notes, where, calibrated = [], [], [], False
+    for a2e_ckpt in map(resolve_checkpoint, args.a2e):
+        for renderer_ckpt in map(resolve_checkpoint, args.renderer):
+            system = load_system(a2e_ckpt, renderer_ckpt, args.shards, device)
+            clips = load_clips(system.data, args.split, args.max_clips)
+            drivers = (
+                [(i, external_audio(args.audio, clips[i])) for i in range(len(clips))] if args.audio
+                else [(i, clips[j]) for i, j in cross_pairs(clips, args.pairs)]
+            )
+            settings = {"reconstruction": [(i, clips[i]) for i in range(len(clips))], "cross-audio": drivers}
+            rows, videos = [], []
+            folder = out / system.label.replace(" + ", "__").replace("/", "-")
+            for setting, pairs in settings.items():
+                sm = SettingMetrics(setting == "reconstruction", chosen, faces, args.lpips_weights, args.fid_weights, args.identity_every)
+                for n, (i, driver) in enumerate(tqdm(pairs, desc=f"{setting} ({system.label})", unit="clip")):
+                    video = clips[i]
+                    reference = to_images(video["frames"][valid_frames(video)[:1]], int(video["meta"]["crop_size"])).add(1).div(2)
+                    crops, masks = [], []
+                    for first, fake, real, mask, seconds in generate(system, video, driver, args.batch_size, device):
+                        sm.update(fake, real, reference, mask, first)
+                        sm.seconds, sm.frames = sm.seconds + seconds, sm.frames + len(fake)
+                        if n < args.videos:
+                            crops.append((fake.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
+                            masks.append(mask[:, 0].numpy())
+                    if n < args.videos:
+                        frames = paste_back(video, np.concatenate(crops), np.concatenate(masks))
+                        path = folder / "videos" / f"{setting}_{video['__key__']}_by_{driver['__key__']}.mp4"
+                        videos.append(write_mp4(path, frames, driver["audio"][: len(frames) * SAMPLES_PER_FRAME]))
+                row = {"system": system.label, "setting": setting, "params": system.params, **sm.row()}
+                rows.append(row)
+            write_tables(rows, folder, [])
+            prefix = "eval/" if len(args.a2e) == 1 else f"eval/{Path(a2e_ckpt).parent.name}/"
+            if not args.no_mlflow and (run := log_to_mlflow(system, rows, folder, videos, prefix)):
+                where.append(run)
+            all_rows += rows
+            if args.calibration and not calibrated:
+                all_rows += calibration_rows(clips, chosen, faces, args)
+                calibrated = True
+    missing = [m for m in METRICS if m not in chosen]
+    if missing:
+        notes.append(f"not computed: {', '.join(missing)} ({'weights not found: pass --lpips-weights / --fid-weights' if {'lpips', 'fid'} & set(missing) else 'not asked for'})")
+    notes.append("Sync conf: not implemented (needs SyncNet's syncnet_v2.model, which is not available offline)")
+    notes.append("cross-audio has no ground truth: LMD, LPIPS, SSIM and PSNR are reconstruction-only; CSIM is against the reference frame")
+    notes.append(f"split {'+'.join(args.split)} of {args.shards}, {device.type}; FD on a few hundred frames is a small-sample estimate")
+    table = write_tables(all_rows, out, notes)
+    (out / "runs.json").write_text(json.dumps(where, indent=1))
+    return table + ("\nMLflow: metrics eval/<setting>/<metric> and artifacts eval/ of " + "; ".join(where) + "\n" if where else "")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lightning_modules evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--a2e", nargs="+", required=True, help="A2E checkpoint(s) written by `fit`: .ckpt files or folders (their newest last.ckpt)")
+    p.add_argument("--renderer", nargs="+", required=True, help="renderer checkpoint(s), likewise")
+    p.add_argument("--shards", required=True, help="shard folder (python -m preprocess shard ...)")
+    p.add_argument("--split", nargs="+", default=["test"], help="split(s) to evaluate (default: test)")
+    cross = p.add_mutually_exclusive_group()
+    cross.add_argument("--pairs", help="cross-audio pairing file: lines 'video_key audio_key' (default: each clip with the next)")
+    cross.add_argument("--audio", help="one external wav driving every clip in the cross-audio setting")
+    p.add_argument("--metrics", nargs="+", choices=METRICS, help="default: every metric whose weights are on this machine")
+    p.add_argument("--lpips-weights", help="torchvision AlexNet .pth for LPIPS (default: the torch hub cache)")
+    p.add_argument("--fid-weights", help="pt_inception .pth for FID (default: the torch hub cache)")
+    p.add_argument("--identity-every", type=int, default=1, help="CSIM on every N-th frame (dlib's identity network is ~150 ms/frame on CPU)")
+    p.add_argument("--videos", type=int, default=2, help="sample videos per setting")
+    p.add_argument("--max-clips", type=int, help="evaluate at most this many clips")
+    p.add_argument("--batch-size", type=int, default=16, help="frames per renderer call")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default="evaluation", help="output folder (tables, videos)")
+    p.add_argument("--calibration", action="store_true", help="add rows scoring the real frames against themselves, moved 3 px, and another clip")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to the renderer's MLflow run")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    print(evaluate(args))
+
+
+if __name__ == "__main__":
+    main()

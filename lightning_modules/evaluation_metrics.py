@@ -1,0 +1,105 @@
+"""The metric set of one evaluation setting and the Table-2 columns it fills."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from metrics.backbones import hub_checkpoint
+from metrics.dlib_face import DlibFaces
+from metrics.frechet_distance import INCEPTION_FILE, fd_effnet, fid_inception
+from metrics.identity_similarity import IdentitySimilarity
+from metrics.image_quality import ImageQuality
+from metrics.landmark_distance import LandmarkDistance
+from metrics.perceptual_similarity import ALEXNET_FILE, PerceptualSimilarity
+
+METRICS = ("lmd", "csim", "quality", "fd_effnet", "lpips", "fid")
+COLUMNS = ("LMD", "M-LMD", "F-LMD", "FID", "FD_effnet", "LPIPS", "LPIPS mouth", "SSIM", "SSIM mouth", "PSNR", "PSNR mouth", "CSIM", "Sync conf", "ms/frame")
+LOWER_IS_BETTER = {"LMD", "M-LMD", "F-LMD", "FID", "FD_effnet", "LPIPS", "LPIPS mouth", "ms/frame"}
+
+
+def default_metrics(lpips_weights: str | None, fid_weights: str | None) -> list[str]:
+    """Every metric whose weights are here: the offline ones, plus LPIPS / FID when their files are given or cached."""
+    chosen = ["lmd", "csim", "quality", "fd_effnet"]
+    if lpips_weights or hub_checkpoint(ALEXNET_FILE).is_file():
+        chosen.append("lpips")
+    if fid_weights or hub_checkpoint(INCEPTION_FILE).is_file():
+        chosen.append("fid")
+    return chosen
+
+
+@dataclass
+class SettingMetrics:
+    """Metrics of one setting. ``reconstruction`` compares with the ground truth; cross-audio has none,
+    so it scores identity against the reference frame and the Fréchet distance against the real frames.
+    """
+
+    reconstruction: bool
+    chosen: list[str]
+    faces: DlibFaces
+    lpips_weights: str | None = None
+    fid_weights: str | None = None
+    identity_every: int = 1
+    metrics: dict[str, object] = field(default_factory=dict)
+    seconds: float = 0.0
+    frames: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.chosen) - set(METRICS)
+        if unknown:
+            raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {METRICS}")
+        needs_truth = {"lmd", "quality", "lpips"}
+        for name in self.chosen:
+            if name in needs_truth and not self.reconstruction:
+                continue
+            self.metrics[name] = {
+                "lmd": lambda: LandmarkDistance(self.faces),
+                "csim": lambda: IdentitySimilarity(self.faces),
+                "quality": ImageQuality,
+                "lpips": lambda: PerceptualSimilarity(self.lpips_weights),
+                "fd_effnet": fd_effnet,
+                "fid": lambda: fid_inception(self.fid_weights),
+            }[name]()
+
+    def update(self, fake: torch.Tensor, real: torch.Tensor, reference: torch.Tensor | None, mask: torch.Tensor | None, first_frame: int) -> None:
+        """Frames [N, 3, H, W] in [0, 1] at the crop size: generated, ground truth (the source clip), its
+        reference frame [1, ...] (cross-audio identity), the redrawn region [N, 1, H, W] (None: no mouth columns)."""
+        m = self.metrics
+        if "lmd" in m:
+            m["lmd"].update(fake, real)
+        if "csim" in m:
+            keep = [i for i in range(len(fake)) if (first_frame + i) % self.identity_every == 0]
+            if keep:
+                m["csim"].update(fake[keep], real[keep] if self.reconstruction else reference)
+        if "quality" in m:
+            m["quality"].update(fake, real, mask)
+        if "lpips" in m:
+            m["lpips"].update(fake, real, mask)
+        for name in ("fd_effnet", "fid"):
+            if name in m:
+                m[name].update(real, real=True)
+                m[name].update(fake, real=False)
+
+    def row(self) -> dict[str, float | None]:
+        """Table-2 columns (None = not measured in this setting / not configured) plus bookkeeping counts."""
+        out: dict[str, float | None] = dict.fromkeys(COLUMNS)
+        m = self.metrics
+        if "lmd" in m:
+            v = m["lmd"].compute()
+            out |= {"LMD": float(v["lmd"]), "M-LMD": float(v["m_lmd"]), "F-LMD": float(v["f_lmd"]), "frames without a face": float(v["skipped"])}
+        if "csim" in m:
+            v = m["csim"].compute()
+            out |= {"CSIM": float(v["csim"]), "CSIM frames skipped": float(v["skipped"])}
+        if "quality" in m:
+            v = m["quality"].compute()
+            out |= {"SSIM": float(v["ssim"]), "SSIM mouth": float(v["ssim_mask"]), "PSNR": float(v["psnr"]), "PSNR mouth": float(v["psnr_mask"])}
+        if "lpips" in m:
+            v = m["lpips"].compute()
+            out |= {"LPIPS": float(v["lpips"]), "LPIPS mouth": float(v["lpips_mask"])}
+        for name, column in (("fd_effnet", "FD_effnet"), ("fid", "FID")):
+            if name in m:
+                out[column] = float(m[name].compute()) if self.frames >= 2 else None
+        out["ms/frame"] = 1000 * self.seconds / max(self.frames, 1)
+        out["frames"] = float(self.frames)
+        return out

@@ -1,0 +1,90 @@
+"""The evaluation command end to end on tiny shards with tiny checkpoints, and its paste-back."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lightning_modules.evaluate import paste_back
+from preprocess.media import decode_mp4, load_audio, probe
+from tests.conftest import write_video
+from tests.synthetic_shards import write_synthetic_shards
+from tests.test_training_cli import RENDERER_BASE, REPO, mlflow_runs, run_cli, tiny_args
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """Tiny A2E checkpoints (with and without history) and a tiny renderer, on shards with frames and audio."""
+    root = tmp_path_factory.mktemp("evaluate")
+    shards = write_synthetic_shards(root / "shards", {"train": 2, "val": 1, "test": 2}, frames=24, image_size=64)
+    run_cli(root, "fit", *tiny_args(shards), "--trainer.max_steps", "10", "--trainer.logger.init_args.run_name", "a2e-both")
+    run_cli(root, "fit", *tiny_args(shards), "--trainer.max_steps", "10", "--trainer.logger.init_args.run_name", "a2e-nohistory",
+            "--model.init_args.net.init_args.use_history", "false")
+    run_cli(root, "fit", *tiny_args(shards, base=RENDERER_BASE), "--trainer.max_steps", "10", "--trainer.logger.init_args.run_name", "renderer")
+    return root
+
+
+def test_evaluate_writes_the_table_videos_with_audio_and_mlflow_metrics(trained) -> None:
+    ck = trained / "checkpoints" / "realtalk"
+    proc = run_cli(
+        trained, "evaluate", "--a2e", str(ck / "a2e-both"), str(ck / "a2e-nohistory"), "--renderer", str(ck / "renderer"),
+        "--shards", str(trained / "shards"), "--out", str(trained / "out"), "--videos", "1", "--calibration",
+    )
+    assert "| reconstruction |" in proc.stdout and "| cross-audio |" in proc.stdout, proc.stdout
+    rows = list(csv.DictReader(open(trained / "out" / "table.csv")))
+    systems = {(r["system"], r["setting"]) for r in rows}
+    assert {("a2e-both + renderer", "reconstruction"), ("a2e-nohistory + renderer", "cross-audio")} <= systems
+    by_history = {r["use_history"] for r in rows if r["setting"] == "reconstruction"}
+    assert by_history == {"True", "False"}  # the ablation switch is reported per row (Table 5)
+    recon = next(r for r in rows if r["system"] == "a2e-both + renderer" and r["setting"] == "reconstruction")
+    assert 0 < float(recon["SSIM"]) < 1 and float(recon["PSNR"]) > 5 and float(recon["FD_effnet"]) >= 0 and float(recon["ms/frame"]) > 0
+    assert recon["LPIPS"] == "" and recon["Sync conf"] == ""  # no AlexNet weights offline: left out, never random
+    itself = next(r for r in rows if r["setting"] == "vs itself")
+    assert float(itself["SSIM"]) == pytest.approx(1.0)
+
+    videos = sorted((trained / "out").rglob("*.mp4"))
+    assert len(videos) == 4  # 2 systems x 2 settings x 1 video
+    for v in videos:
+        info = probe(v)
+        assert info.has_audio and info.width == 64 and info.fps == 25
+        frames = decode_mp4(v.read_bytes())
+        assert len(frames) == 24 and abs(len(load_audio(v)) / 16000 - 24 / 25) < 0.1
+
+    client, runs = mlflow_runs(trained)
+    renderer = next(r for r in runs if r.info.run_name == "renderer")
+    metrics = client.get_run(renderer.info.run_id).data.metrics
+    assert metrics["eval/a2e-both/reconstruction/ssim"] == pytest.approx(float(recon["SSIM"]))
+    assert "eval/a2e-nohistory/cross-audio/fd_effnet" in metrics
+    artifacts = {f.path for f in client.list_artifacts(renderer.info.run_id, "eval")}
+    assert {"eval/table.md", "eval/videos"} <= artifacts
+
+
+def test_evaluate_stops_on_a_bad_pairing_file(trained, tmp_path) -> None:
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("syn_test_0 no_such_clip\n")
+    ck = trained / "checkpoints" / "realtalk"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_modules", "evaluate", "--a2e", str(ck / "a2e-both"), "--renderer", str(ck / "renderer"),
+         "--shards", str(trained / "shards"), "--pairs", str(pairs), "--out", str(tmp_path / "out"), "--no-mlflow"],
+        cwd=trained, capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode != 0 and "pairs.txt:1" in proc.stderr and "no_such_clip" in proc.stderr
+
+
+def test_paste_back_puts_the_crop_where_it_was_cut(tmp_path) -> None:
+    source = write_video(tmp_path / "src.mp4", np.full((3, 96, 128, 3), 40, np.uint8))
+    crop = np.float32([[0.5, 0, -10], [0, 0.5, -4]])  # source px -> 32-px crop: covers x 20..84, y 8..72
+    video = {"__key__": "k", "meta": {"source_path": str(source), "start": 0.0, "end": 3 / 25}, "coeffs": {"crop": np.tile(crop, (3, 1, 1))}}
+    crops = np.full((3, 32, 32, 3), 200, np.uint8)
+    mask = np.zeros((3, 32, 32), np.float32)
+    mask[:, 16:] = 1  # only the lower half of the crop was redrawn
+    out = paste_back(video, crops, mask)
+    assert out.shape == (3, 96, 128, 3)
+    assert abs(int(out[0, 60, 50, 0]) - 200) < 8  # lower half of the crop region: generated
+    assert abs(int(out[0, 20, 50, 0]) - 40) < 8  # upper half: the original video
+    assert abs(int(out[0, 60, 110, 0]) - 40) < 8  # outside the crop: the original video
