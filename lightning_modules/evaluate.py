@@ -220,8 +220,17 @@ def no_face(row: dict[str, Any]) -> str:
     return " / ".join("—" if c is None else str(int(c)) for c in counts)
 
 
+def switches(row: dict[str, Any]) -> str:
+    """The ablation switches of a row's system (Tables 5–7), e.g. ``shape on, history off, mask learnable, blocks 2``."""
+    p = row["params"]
+    if not p:
+        return ""
+    on = lambda v: "on" if v else "off"  # noqa: E731
+    return f"shape {on(p['use_shape'])}, history {on(p['use_history'])}, mask {p['mask']}, blocks {p['blocks']}, {p['image_size']} px"
+
+
 def write_tables(rows: list[dict[str, Any]], out: Path, notes: list[str]) -> str:
-    header = ["system", "setting", *COLUMNS, "no-face frames"]
+    header = ["system", "setting", *COLUMNS, "no-face frames", "switches"]
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "table.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -231,9 +240,9 @@ def write_tables(rows: list[dict[str, Any]], out: Path, notes: list[str]) -> str
             w.writerow([r["system"], r["setting"], *(r.get(c) for c in COLUMNS), *counts, *(r["params"].get(k) for k in ("use_shape", "use_history", "mask", "blocks"))])
     arrows = {c: f"{c} {'↓' if c in LOWER_IS_BETTER else '↑'}" if c != "Sync conf" else c for c in COLUMNS}
     lines = [
-        "| " + " | ".join(["system", "setting", *(arrows[c] for c in COLUMNS), "no-face frames"]) + " |",
+        "| " + " | ".join(["system", "setting", *(arrows[c] for c in COLUMNS), "no-face frames", "switches"]) + " |",
         "|" + "---|" * len(header),
-        *("| " + " | ".join([r["system"], r["setting"], *(cell(r.get(c)) for c in COLUMNS), no_face(r)]) + " |" for r in rows),
+        *("| " + " | ".join([r["system"], r["setting"], *(cell(r.get(c)) for c in COLUMNS), no_face(r), switches(r)]) + " |" for r in rows),
     ]
     markdown = "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
     (out / "table.md").write_text(markdown)
@@ -282,8 +291,9 @@ def calibration_rows(clips: list[dict[str, Any]], chosen: list[str], faces: Dlib
     cases = {
         "itself": lambda i: (clips[i]["frames"], clips[i]["frames"]),
         "itself moved 3 px": lambda i: (moved(clips[i]["frames"], 3), clips[i]["frames"]),
-        "next clip": lambda i: (clips[(i + 1) % len(clips)]["frames"], clips[i]["frames"]),
     }
+    if len(clips) > 1:
+        cases["next clip"] = lambda i: (clips[(i + 1) % len(clips)]["frames"], clips[i]["frames"])
     rows = []
     for name, case in cases.items():
         sm = SettingMetrics(True, [m for m in chosen if m in ("lmd", "csim", "quality")], faces, identity_every=args.identity_every)
@@ -292,7 +302,6 @@ def calibration_rows(clips: list[dict[str, Any]], chosen: list[str], faces: Dlib
             t = min(len(fake), len(real))
             for s in range(0, t, args.batch_size):
                 sm.update(as_t(fake[s : min(s + args.batch_size, t)]), as_t(real[s : min(s + args.batch_size, t)]), None, None, s)
-            sm.frames += t
         rows.append({"system": "ground truth (calibration)", "setting": f"vs {name}", "params": {}, **sm.row(), "ms/frame": None})
     return rows
 
@@ -322,8 +331,7 @@ def evaluate(args: argparse.Namespace) -> str:
                     reference = to_images(video["frames"][valid_frames(video)[:1]], int(video["meta"]["crop_size"])).add(1).div(2)
                     crops, masks = [], []
                     for first, fake, real, mask, seconds in generate(system, video, driver, args.batch_size, device):
-                        sm.update(fake, real, reference, mask, first)
-                        sm.seconds, sm.frames = sm.seconds + seconds, sm.frames + len(fake)
+                        sm.update(fake, real, reference, mask, first, seconds)
                         if n < args.videos:
                             crops.append((fake.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
                             masks.append(mask[:, 0].numpy())

@@ -62,9 +62,14 @@ class SettingMetrics:
                 "fid": lambda: fid_inception(self.fid_weights),
             }[name]()
 
-    def update(self, fake: torch.Tensor, real: torch.Tensor, reference: torch.Tensor | None, mask: torch.Tensor | None, first_frame: int) -> None:
+    def update(
+        self, fake: torch.Tensor, real: torch.Tensor, reference: torch.Tensor | None, mask: torch.Tensor | None, first_frame: int, seconds: float = 0.0
+    ) -> None:
         """Frames [N, 3, H, W] in [0, 1] at the crop size: generated, ground truth (the source clip), its
-        reference frame [1, ...] (cross-audio identity), the redrawn region [N, 1, H, W] (None: no mouth columns)."""
+        reference frame [1, ...] (cross-audio identity), the redrawn region [N, 1, H, W] (None: no mouth
+        columns); ``first_frame`` is the clip index of the first one; ``seconds`` the time it took to make them."""
+        self.frames += len(fake)
+        self.seconds += seconds
         m = self.metrics
         if "lmd" in m:
             m["lmd"].update(fake, real)
