@@ -83,9 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=256, help="image side")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="frames per forward pass")
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per case (default: 20 on CUDA, 3 on CPU, 1 for CPU batches > 1)")
-    ap.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
-                    help="autocast precisions (bf16 on a CPU without bf16 instructions is emulated: minutes per 256-px call)")
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (compiling takes minutes on a CPU)")
+    ap.add_argument("--cpu-precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
+                    help="CPU autocast precisions (default fp32: bf16 on a CPU without bf16 instructions is emulated, minutes per "
+                         "256-px call); CUDA always runs fp32 and bf16")
+    ap.add_argument("--cpu-compile", action="store_true", help="add torch.compile rows on the CPU too (compiling takes minutes there)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows everywhere")
     ap.add_argument("--train-steps", type=int, default=20, help="timed training steps (CUDA only)")
     args = ap.parse_args(argv)
 
@@ -99,11 +101,13 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for device in devices:
         eager = {b: n.to(device).eval() for b, n in nets.items()}
-        modes = [("eager", eager[2])] + ([] if args.no_compile else [("compile", torch.compile(eager[2]))])
+        compile_here = not args.no_compile and (device == "cuda" or args.cpu_compile)
+        modes = [("eager", eager[2])] + ([("compile", torch.compile(eager[2]))] if compile_here else [])
+        precisions = ["fp32", "bf16"] if device == "cuda" else args.cpu_precisions
         for batch in args.batches:
             repeats = args.repeats or (20 if device == "cuda" else 3 if batch == 1 else 1)
             times = {}
-            for bf16 in (p == "bf16" for p in args.precisions):
+            for bf16 in (p == "bf16" for p in precisions):
                 for mode, net in modes:
                     t = times[bf16, mode] = _inference(net, batch, args.size, device, bf16, repeats)
                     rows.append([device, "bf16" if bf16 else "fp32", mode, str(batch), "blocks=2", f"{t * 1e3:,.1f}", f"{t * 1e3 / batch:,.1f}", f"{batch / t:,.1f}", "1.00x"])

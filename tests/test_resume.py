@@ -12,10 +12,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_shard_pipeline import small_job
 
 from preprocess.errors import ConfigError
 from preprocess.runner import EXIT_OK, run_shard
+from tests.test_shard_pipeline import small_job
 
 REPO = Path(__file__).resolve().parents[1]
 
