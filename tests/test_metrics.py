@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 from scipy import linalg
 from skimage.metrics import structural_similarity
 
+from metrics.arcface import TEMPLATE_112, ArcFaceIdentity, IResNet, align_112, depths_of
 from metrics.backbones import MissingWeightsError
 from metrics.dlib_face import DlibFaces
 from metrics.frechet_distance import fd_effnet, fid_inception
@@ -33,7 +34,7 @@ def face_crops(path, count: int = FRAMES_PER_CLIP, size: int = 256) -> np.ndarra
     """``count`` frames of a sample clip cropped around the dlib face box found in its first frame (uint8 [N, H, W, 3])."""
     import dlib
 
-    frames = list(itertools.islice(iter_frames(path), 0, 10 * count, 10))
+    frames = [np.ascontiguousarray(f) for f in itertools.islice(iter_frames(path), 0, 10 * count, 10)]  # dlib misreads strided arrays
     box = dlib.get_frontal_face_detector()(frames[0], 1)[0]
     cx, cy, half = (box.left() + box.right()) / 2, (box.top() + box.bottom()) / 2, box.width()
     affine = np.float32([[size / (2 * half), 0, size / 2 - cx * size / (2 * half)], [0, size / (2 * half), size / 2 - cy * size / (2 * half)]])
@@ -102,6 +103,25 @@ def test_csim_is_one_for_the_same_face_and_clearly_lower_for_another_speaker(cro
     same_speaker = csim(a[1:], a[:1])  # other frames of the clip vs its first frame (a reference)
     other_speaker = csim(b, a[:1])
     assert same_speaker > 0.95 and other_speaker < same_speaker - 0.08, (same_speaker, other_speaker)
+
+
+def test_arcface_loads_an_iresnet_from_a_path_and_refuses_other_files(tmp_path, crops, faces, alexnet_standin) -> None:
+    torch.manual_seed(0)
+    standin = IResNet((1, 1, 1, 1))  # the real architecture at its smallest depth, random weights
+    torch.save(standin.state_dict(), tmp_path / "arcface.pth")
+    arcface = ArcFaceIdentity(str(tmp_path / "arcface.pth"), faces)
+    assert depths_of(standin.state_dict()) == (1, 1, 1, 1)
+    frames = next(iter(crops.values()))
+    m = IdentitySimilarity(arcface)
+    m.update(as_tensor(frames[:2]), as_tensor(frames[:2]))
+    assert float(m.compute()["csim"]) == pytest.approx(1.0, abs=1e-6) and arcface.identity(frames[0]).shape == (512,)
+    with pytest.raises(MissingWeightsError, match="IResNet"):
+        ArcFaceIdentity(alexnet_standin, faces)
+
+
+def test_five_point_alignment_maps_the_template_onto_itself() -> None:
+    image = (np.random.default_rng(0).random((112, 112, 3)) * 255).astype(np.uint8)
+    assert np.abs(align_112(image, TEMPLATE_112.copy()).astype(int) - image).max() <= 1
 
 
 # -- PSNR / SSIM -----------------------------------------------------------------------------------
