@@ -84,7 +84,7 @@ def load_system(a2e_ckpt: str, renderer_ckpt: str, shards: str, device: torch.de
     net = a2e.net
     params = {
         "use_shape": net.use_shape, "use_history": net.use_history, "mask": data.hparams.mask,
-        "blocks": renderer.hparams.net["init_args"].get("blocks") if isinstance(renderer.hparams.get("net"), dict) else None,
+        "blocks": renderer.net.blocks,
         "image_size": data.hparams.image_size,
     }
     return System(a2e, renderer, data, f"{names['a2e']} + {names['renderer']}", runs["renderer"] or None, params)

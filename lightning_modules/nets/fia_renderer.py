@@ -147,6 +147,7 @@ class FIARenderer(nn.Module):
         if blocks < 1:
             raise ValueError(f"blocks must be >= 1, got {blocks}")
         self.shape_dim, self.exp_dim = shape_dim, exp_dim  # linked from the data: kept in checkpoints
+        self.blocks = blocks
         scales = [2 ** (i + 1) for i in range(len(widths))]
         if bad := set(attention_scales) - set(scales):
             raise ValueError(f"attention_scales {sorted(bad)} are not encoder scales {scales}")
