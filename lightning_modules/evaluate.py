@@ -321,10 +321,11 @@ def evaluate(args: argparse.Namespace) -> str:
         for renderer_ckpt in map(resolve_checkpoint, args.renderer):
             system = load_system(a2e_ckpt, renderer_ckpt, args.shards, device)
             clips = load_clips(system.data, args.split, args.max_clips)
-            drivers = (
-                [(i, external_audio(args.audio, clips[i])) for i in range(len(clips))] if args.audio
-                else [(i, clips[j]) for i, j in cross_pairs(clips, args.pairs)]
-            )
+            if args.audio:  # featurised once, as the shards' audio was
+                spoken = external_audio(args.audio, clips[0])
+                drivers = [(i, spoken) for i in range(len(clips))]
+            else:
+                drivers = [(i, clips[j]) for i, j in cross_pairs(clips, args.pairs)]
             settings = {"reconstruction": [(i, clips[i]) for i in range(len(clips))], "cross-audio": drivers}
             rows, videos = [], []
             folder = out / system.label.replace(" + ", "__").replace("/", "-")

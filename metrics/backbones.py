@@ -32,17 +32,23 @@ def hub_checkpoint(filename: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
+def weights_file(weights: str | None, filename: str, what: str, advice: str) -> Path:
+    """The checkpoint at ``weights``, else torch hub's cached ``filename``; a missing one stops with both named."""
+    path = Path(weights) if weights else hub_checkpoint(filename)
+    if not path.is_file():
+        raise MissingWeightsError(f"{what} not found: {path}. Copy {filename} there or pass its path; {advice}")
+    return path
+
+
 def _vgg19(weights: str | None, pretrained: bool) -> tuple[nn.Module, tuple[int, ...]]:
     from torchvision.models import vgg19
 
     net = vgg19().features[: VGG19_TAPS[-1] + 1]
     if pretrained:
-        path = Path(weights) if weights else hub_checkpoint(VGG19_FILE)
-        if not path.is_file():
-            raise MissingWeightsError(
-                f"VGG19 ImageNet weights not found: {path}. Copy torchvision's {VGG19_FILE} there (or pass its path as "
-                "weights), choose backbone efficientnet_lite0 (weights ship with pip), or set pretrained: false for random weights"
-            )
+        path = weights_file(
+            weights, VGG19_FILE, "VGG19 ImageNet weights",
+            "or choose backbone efficientnet_lite0 (weights ship with pip), or set pretrained: false for random weights",
+        )
         state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict({k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")})
     return net, VGG19_TAPS

@@ -9,14 +9,12 @@ names, never one as the other.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from metrics.backbones import IMAGENET_MEAN, IMAGENET_STD, MissingWeightsError, efficientnet_lite0, hub_checkpoint
+from metrics.backbones import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0, weights_file
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID weights
 
@@ -49,10 +47,5 @@ def fd_effnet(weights: str | None = None, pretrained: bool = True) -> FrechetInc
 
 def fid_inception(weights: str | None = None) -> FrechetInceptionDistance:
     """FID with torch-fidelity's InceptionV3 (2048-d pool features); frames in [0, 1]."""
-    path = Path(weights) if weights else hub_checkpoint(INCEPTION_FILE)
-    if not path.is_file():
-        raise MissingWeightsError(
-            f"InceptionV3 FID weights not found: {path}. Copy {INCEPTION_FILE} there or pass its path (fid_weights); "
-            "offline, report FD_effnet instead"
-        )
+    path = weights_file(weights, INCEPTION_FILE, "InceptionV3 FID weights", "offline, report FD_effnet instead")
     return FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(path))

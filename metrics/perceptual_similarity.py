@@ -8,19 +8,17 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.functional.image.lpips import _LPIPS
 
-from metrics.backbones import MissingWeightsError, hub_checkpoint
+from metrics.backbones import weights_file
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's IMAGENET1K_V1 checkpoint name
 
 
 def load_alexnet_features(lpips_net: _LPIPS, weights: str | None) -> Path:
     """Copy torchvision AlexNet ImageNet weights into the LPIPS backbone (it keeps torchvision's layer indices)."""
-    path = Path(weights) if weights else hub_checkpoint(ALEXNET_FILE)
-    if not path.is_file():
-        raise MissingWeightsError(
-            f"AlexNet ImageNet weights for LPIPS not found: {path}. Copy torchvision's {ALEXNET_FILE} there or pass its path "
-            "(lpips_weights); they are not on PyPI, so LPIPS is left out offline (pretrained: false = random weights, tests only)"
-        )
+    path = weights_file(
+        weights, ALEXNET_FILE, "AlexNet ImageNet weights for LPIPS",
+        "they are not on PyPI, so LPIPS is left out offline (pretrained: false = random weights, tests only)",
+    )
     state = torch.load(path, map_location="cpu", weights_only=True)
     for slice_ in (lpips_net.net.slice1, lpips_net.net.slice2, lpips_net.net.slice3, lpips_net.net.slice4, lpips_net.net.slice5):
         for index, layer in slice_.named_children():
