@@ -39,7 +39,7 @@ from lightning_modules.nets.fia_renderer import blend, coefficient_vector
 from lightning_modules.renderer_module import RendererModule
 from lightning_modules.tracking import latest_checkpoint, run_of_checkpoint
 from metrics.arcface import ArcFaceIdentity
-from metrics.dlib_face import DlibFaces
+from metrics.dlib_face import DlibFaces, to_uint8_hwc
 from preprocess.audio_features import AudioFeatureConfig, build_audio_features
 from preprocess.media import AUDIO_RATE, iter_frames, load_audio, write_mp4
 
@@ -175,12 +175,17 @@ def generate(system: System, video: dict[str, Any], audio: dict[str, Any], batch
         out = blend(source, out.float(), mask)
         sync(device)
         seconds = time.perf_counter() - start + a2e_seconds * len(idx) / frames
-        real = torch.from_numpy(video["frames"][idx]).permute(0, 3, 1, 2).float().div(255)
+        real = unit_frames(video["frames"][idx])
         fake, mask_crop = out.cpu().add(1).div(2), mask.cpu()
         if size != crop:
             up = lambda x: torch.nn.functional.interpolate(x, size=(crop, crop), mode="bilinear", align_corners=False)  # noqa: E731
             fake, mask_crop = up(fake), up(mask_crop)
         yield s, (real * (1 - mask_crop) + fake.clamp(0, 1) * mask_crop), real, mask_crop, seconds
+
+
+def unit_frames(frames: np.ndarray) -> torch.Tensor:
+    """uint8 frames [N, H, W, 3] -> float [N, 3, H, W] in [0, 1], the metrics' convention."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(255)
 
 
 def sync(device: torch.device) -> None:
@@ -290,7 +295,6 @@ def calibration_rows(
 ) -> list[dict[str, Any]]:
     """The metrics on real frames with known answers: each clip against itself (LMD 0, CSIM 1), against
     itself moved 3 px (LMD 3), and against the next clip's frames (another speaker: CSIM lower)."""
-    as_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float().div(255)  # noqa: E731
     cases = {
         "itself": lambda i: (clips[i]["frames"], clips[i]["frames"]),
         "itself moved 3 px": lambda i: (moved(clips[i]["frames"], 3), clips[i]["frames"]),
@@ -304,7 +308,7 @@ def calibration_rows(
             fake, real = case(i)
             t = min(len(fake), len(real))
             for s in range(0, t, args.batch_size):
-                sm.update(as_t(fake[s : min(s + args.batch_size, t)]), as_t(real[s : min(s + args.batch_size, t)]), None, None, s)
+                sm.update(unit_frames(fake[s : min(s + args.batch_size, t)]), unit_frames(real[s : min(s + args.batch_size, t)]), None, None, s)
         rows.append({"system": "ground truth (calibration)", "setting": f"vs {name}", "params": {}, **sm.row(), "ms/frame": None})
     return rows
 
@@ -333,12 +337,12 @@ def evaluate(args: argparse.Namespace) -> str:
                 sm = SettingMetrics(setting == "reconstruction", chosen, faces, args.lpips_weights, args.fid_weights, args.identity_every, identity)
                 for n, (i, driver) in enumerate(tqdm(pairs, desc=f"{setting} ({system.label})", unit="clip")):
                     video = clips[i]
-                    reference = to_images(video["frames"][valid_frames(video)[:1]], int(video["meta"]["crop_size"])).add(1).div(2)
+                    reference = unit_frames(video["frames"][valid_frames(video)[:1]])
                     crops, masks = [], []
                     for first, fake, real, mask, seconds in generate(system, video, driver, args.batch_size, device):
                         sm.update(fake, real, reference, mask, first, seconds)
                         if n < args.videos:
-                            crops.append((fake.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
+                            crops.append(to_uint8_hwc(fake))
                             masks.append(mask[:, 0].numpy())
                     if n < args.videos:
                         frames = paste_back(video, np.concatenate(crops), np.concatenate(masks))
