@@ -53,6 +53,7 @@ a2e-grid: install ## A2E with/without priors on the 8 GRID clips of ../shared/da
 	  $(PY) -m lightning_modules fit $(A2E_CONFIGS) --config configs/experiment/a2e_grid_dev.yaml \
 	    --model.init_args.net.init_args.use_shape $$1 --model.init_args.net.init_args.use_history $$2 \
 	    --trainer.logger.init_args.run_name priors-$$3-$$(date +%H%M%S) || exit 1; done
+	$(PY) -m lightning_modules.a2e_linear_baseline --shards sharded_data/grid_dev
 	$(PY) -m lightning_modules.runs compare --experiment a2e-grid-dev --metrics val/exp_mse val/exp_mse_clip_mean val/exp_mse_history_mean val/mouth_vertex_mm val/mouth_vertex_mm_clip_mean val/lip_open_corr --plot docs/a2e_grid_runs.png
 
 renderer-grid: install ## renderer GAN on the 8 GRID clips at 128 px (CPU-sized; image grids and loss curves in MLflow)

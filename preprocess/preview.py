@@ -18,19 +18,19 @@ from preprocess.face_model import FaceModel
 COLOURS = {"lower_face": (230, 60, 60), "face_oval": (60, 200, 60), "inner_mouth": (250, 220, 40), "mouth": (230, 60, 230)}
 
 
-def iter_samples(shards: Path, limit: int | None = None) -> Iterator[dict[str, Any]]:
-    """Decoded samples of every complete shard in a folder, in shard order."""
+def iter_samples(shards: Path, limit: int | None = None, pattern: str = "*.tar", frames: bool = True) -> Iterator[dict[str, Any]]:
+    """Decoded samples of the shards matching ``pattern`` in a folder, in shard order (``frames=False`` skips the video)."""
     import webdataset as wds
 
     from preprocess.schema import decode_sample
 
-    urls = [str(p) for p in sorted(shards.glob("*.tar"))]
+    urls = [str(p) for p in sorted(shards.glob(pattern))]
     if not urls:
-        raise FileNotFoundError(f"no .tar shards in {shards}")
+        raise FileNotFoundError(f"no {pattern} shards in {shards}")
     for i, raw in enumerate(wds.WebDataset(urls, shardshuffle=False, empty_check=False)):
         if limit is not None and i >= limit:
             return
-        yield decode_sample(raw)
+        yield decode_sample(raw, frames=frames)
 
 
 def project_sample(model: FaceModel, coeffs: dict[str, np.ndarray]) -> np.ndarray:

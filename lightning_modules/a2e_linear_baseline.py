@@ -1,0 +1,114 @@
+"""``python -m lightning_modules.a2e_linear_baseline``: how much of β the audio can explain, linearly.
+
+A reference for the A2E validation numbers on a small corpus. Per-frame ridge regression from
+the audio rows of a frame (2t and 2t + 1, concatenated) to its expression β is fitted on the
+train split and scored on the val split with the A2E metric (mean squared error over frames and
+the β dimensions), next to the trivial predictors:
+
+- ``clip mean (oracle)``: every frame = the clip's own mean β (what ``val/exp_mse_clip_mean`` logs);
+- ``training mean``: every frame = the mean β of the training frames, the best constant a model
+  without priors can know;
+- ``linear, no priors``: ridge on the raw audio rows with an intercept;
+- ``linear + clip mean (oracle)``: ridge on the clip-centred audio rows added to the clip's own
+  mean β: an upper bound on what a linear audio model gains over the oracle.
+
+The ridge strength is chosen by leave-one-clip-out cross-validation on the train split only, so
+the val split is never used for a choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from preprocess.bench import format_table
+from preprocess.preview import iter_samples
+
+LAMBDAS = (1e0, 1e1, 1e2, 1e3, 1e4, 1e5)
+
+
+@dataclass
+class Clip:
+    key: str
+    audio: np.ndarray  # [T, 2·D]: the two audio rows of each valid frame
+    exp: np.ndarray  # [T, De]: β of each valid frame
+
+
+def load_clips(shards: Path, split: str) -> list[Clip]:
+    clips = []
+    for s in iter_samples(shards, pattern=f"{split}-*.tar", frames=False):
+        valid = s["coeffs"]["valid"].astype(bool)
+        feats = s["audio_feats"].astype(np.float64)
+        audio = feats[: 2 * len(valid)].reshape(len(valid), -1)
+        clips.append(Clip(s["__key__"], audio[valid], s["coeffs"]["exp"][valid].astype(np.float64)))
+    if not clips:
+        raise SystemExit(f"no {split!r} clips with seen faces in {shards}")
+    return clips
+
+
+def ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    """W minimising |xW - y|² + lam·|W|² (x and y already centred when no intercept is wanted)."""
+    return np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ y)
+
+
+def centred(clips: list[Clip]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([c.audio - c.audio.mean(0) for c in clips]), np.concatenate([c.exp - c.exp.mean(0) for c in clips])
+
+
+def with_intercept(clips: list[Clip]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.concatenate([c.audio for c in clips])
+    return np.concatenate([x, np.ones((len(x), 1))], 1), np.concatenate([c.exp for c in clips])
+
+
+def mse(pred: list[np.ndarray], clips: list[Clip]) -> float:
+    """Mean over every frame and β dimension of the split (frames weigh equally, as in val/exp_mse)."""
+    return float(np.mean(np.concatenate([((p - c.exp) ** 2).ravel() for p, c in zip(pred, clips)])))
+
+
+def predict_centred(w: np.ndarray, clips: list[Clip]) -> list[np.ndarray]:
+    return [(c.audio - c.audio.mean(0)) @ w + c.exp.mean(0) for c in clips]
+
+
+def predict_raw(w: np.ndarray, clips: list[Clip]) -> list[np.ndarray]:
+    return [np.concatenate([c.audio, np.ones((len(c.audio), 1))], 1) @ w for c in clips]
+
+
+def choose_lambda(train: list[Clip], design, predict) -> float:
+    """The ridge strength with the lowest leave-one-clip-out error on the training clips."""
+    def cv(lam: float) -> float:
+        return float(np.mean([mse(predict(ridge(*design(train[:i] + train[i + 1 :]), lam), [c]), [c]) for i, c in enumerate(train)]))
+
+    return min(LAMBDAS, key=cv)
+
+
+def report(shards: Path, train_split: str, val_split: str) -> list[list[str]]:
+    train, val = load_clips(shards, train_split), load_clips(shards, val_split)
+    train_mean = np.concatenate([c.exp for c in train]).mean(0)
+    lam_c = choose_lambda(train, centred, predict_centred)
+    lam_r = choose_lambda(train, with_intercept, predict_raw)
+    rows = [
+        ("clip mean (oracle)", "-", mse([np.broadcast_to(c.exp.mean(0), c.exp.shape) for c in val], val)),
+        ("training mean", "-", mse([np.broadcast_to(train_mean, c.exp.shape) for c in val], val)),
+        ("linear, no priors", f"{lam_r:g}", mse(predict_raw(ridge(*with_intercept(train), lam_r), val), val)),
+        ("linear + clip mean (oracle)", f"{lam_c:g}", mse(predict_centred(ridge(*centred(train), lam_c), val), val)),
+    ]
+    oracle = rows[0][2]
+    print(f"{len(train)} {train_split} clips ({sum(len(c.exp) for c in train)} frames) -> {len(val)} {val_split} clips "
+          f"({sum(len(c.exp) for c in val)} frames), β {train[0].exp.shape[1]}-d, audio {train[0].audio.shape[1] // 2}-d")
+    return [[name, lam, f"{err:.3f}", f"{err / oracle:.2f}x"] for name, lam, err in rows]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shards", type=Path, required=True, help="folder with <split>-*.tar shards")
+    ap.add_argument("--train-split", default="train")
+    ap.add_argument("--val-split", default="val")
+    args = ap.parse_args(argv)
+    print(format_table(["predictor", "ridge λ (train CV)", "expression MSE", "vs oracle"], report(args.shards, args.train_split, args.val_split)))
+
+
+if __name__ == "__main__":
+    main()
