@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -32,7 +33,6 @@ LAMBDAS = (1e0, 1e1, 1e2, 1e3, 1e4, 1e5)
 
 @dataclass
 class Clip:
-    key: str
     audio: np.ndarray  # [T, 2·D]: the two audio rows of each valid frame
     exp: np.ndarray  # [T, De]: β of each valid frame
 
@@ -43,7 +43,7 @@ def load_clips(shards: Path, split: str) -> list[Clip]:
         valid = s["coeffs"]["valid"].astype(bool)
         feats = s["audio_feats"].astype(np.float64)
         audio = feats[: 2 * len(valid)].reshape(len(valid), -1)
-        clips.append(Clip(s["__key__"], audio[valid], s["coeffs"]["exp"][valid].astype(np.float64)))
+        clips.append(Clip(audio[valid], s["coeffs"]["exp"][valid].astype(np.float64)))
     if not clips:
         raise SystemExit(f"no {split!r} clips with seen faces in {shards}")
     return clips
@@ -76,7 +76,11 @@ def predict_raw(w: np.ndarray, clips: list[Clip]) -> list[np.ndarray]:
     return [np.concatenate([c.audio, np.ones((len(c.audio), 1))], 1) @ w for c in clips]
 
 
-def choose_lambda(train: list[Clip], design, predict) -> float:
+Design = Callable[[list[Clip]], tuple[np.ndarray, np.ndarray]]
+Predict = Callable[[np.ndarray, list[Clip]], list[np.ndarray]]
+
+
+def choose_lambda(train: list[Clip], design: Design, predict: Predict) -> float:
     """The ridge strength with the lowest leave-one-clip-out error on the training clips."""
     def cv(lam: float) -> float:
         return float(np.mean([mse(predict(ridge(*design(train[:i] + train[i + 1 :]), lam), [c]), [c]) for i, c in enumerate(train)]))
