@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from datamodules.a2e_windows import clip_arrays
 from preprocess.bench import format_table
 from preprocess.preview import iter_samples
 
@@ -40,10 +41,10 @@ class Clip:
 def load_clips(shards: Path, split: str) -> list[Clip]:
     clips = []
     for s in iter_samples(shards, pattern=f"{split}-*.tar", frames=False):
-        valid = s["coeffs"]["valid"].astype(bool)
-        feats = s["audio_feats"].astype(np.float64)
-        audio = feats[: 2 * len(valid)].reshape(len(valid), -1)
-        clips.append(Clip(audio[valid], s["coeffs"]["exp"][valid].astype(np.float64)))
+        c = clip_arrays(s)
+        valid = c["valid"]
+        audio = c["audio"][: 2 * len(valid)].reshape(len(valid), -1).astype(np.float64)  # rows 2t, 2t + 1 -> frame t
+        clips.append(Clip(audio[valid], c["exp"][valid].astype(np.float64)))
     if not clips:
         raise SystemExit(f"no {split!r} clips with seen faces in {shards}")
     return clips
