@@ -38,9 +38,9 @@ demo: install ## preprocess the bundled GRID samples, train A2E and the renderer
 	$(PY) -m preprocess shard --config configs/preprocess/demo.yaml --overwrite true
 	$(PY) -m preprocess preview --shards sharded_data/demo --out sharded_data/demo/preview.png
 	$(PY) -m lightning_modules fit $(A2E_CONFIGS) --config configs/experiment/a2e_demo.yaml
-	$(PY) -m lightning_modules.runs compare --experiment a2e-demo --metrics val/exp_mse val/exp_mse_clip_mean val/mouth_vertex_mm val/mouth_vertex_mm_clip_mean val/lip_open_corr train/loss/total --plot sharded_data/demo/a2e_runs.png
+	$(PY) -m lightning_modules runs compare --experiment a2e-demo --metrics val/exp_mse val/exp_mse_clip_mean val/mouth_vertex_mm val/mouth_vertex_mm_clip_mean val/lip_open_corr train/loss/total --plot sharded_data/demo/a2e_runs.png
 	$(PY) -m lightning_modules fit $(RENDERER_CONFIGS) --config configs/experiment/renderer_demo.yaml
-	$(PY) -m lightning_modules.runs compare --experiment renderer-demo --metrics val/l1_mask val/psnr_mask val/loss/perceptual train/loss/l1 train/loss/critic
+	$(PY) -m lightning_modules runs compare --experiment renderer-demo --metrics val/l1_mask val/psnr_mask val/loss/perceptual train/loss/l1 train/loss/critic
 	$(PY) -m lightning_modules evaluate --a2e checkpoints/a2e-demo --renderer checkpoints/renderer-demo --shards sharded_data/demo --split val test --out evaluation/demo --identity-every 5 --calibration
 	@echo "demo done: shards and plots in sharded_data/demo/, checkpoints and image grids in checkpoints/{a2e,renderer}-demo/, evaluation table and videos in evaluation/demo/, runs in mlruns/ (make mlflow-ui: experiment renderer-demo, metrics eval/*, artifacts eval/)"
 
@@ -53,18 +53,18 @@ a2e-grid: install ## A2E with/without priors on the 8 GRID clips of ../shared/da
 	  $(PY) -m lightning_modules fit $(A2E_CONFIGS) --config configs/experiment/a2e_grid_dev.yaml \
 	    --model.init_args.net.init_args.use_shape $$1 --model.init_args.net.init_args.use_history $$2 \
 	    --trainer.logger.init_args.run_name priors-$$3-$$(date +%H%M%S) || exit 1; done
-	$(PY) -m lightning_modules.a2e_linear_baseline --shards sharded_data/grid_dev
-	$(PY) -m lightning_modules.runs compare --experiment a2e-grid-dev --metrics val/exp_mse val/exp_mse_clip_mean val/exp_mse_history_mean val/mouth_vertex_mm val/mouth_vertex_mm_clip_mean val/lip_open_corr --plot docs/a2e_grid_runs.png
+	$(PY) -m lightning_modules.a2e.linear_baseline --shards sharded_data/grid_dev
+	$(PY) -m lightning_modules runs compare --experiment a2e-grid-dev --metrics val/exp_mse val/exp_mse_clip_mean val/exp_mse_history_mean val/mouth_vertex_mm val/mouth_vertex_mm_clip_mean val/lip_open_corr --plot docs/a2e_grid_runs.png
 
 renderer-grid: install ## renderer GAN on the 8 GRID clips at 128 px (CPU-sized; image grids and loss curves in MLflow)
 	$(PY) -m preprocess shard --config configs/preprocess/grid_dev.yaml
 	$(PY) -m lightning_modules fit $(RENDERER_CONFIGS) --config configs/experiment/renderer_grid_dev.yaml
-	$(PY) -m lightning_modules.runs compare --experiment renderer-grid-dev --metrics val/l1_mask val/psnr_mask val/loss/perceptual train/loss/l1 train/loss/perceptual --plot docs/renderer_grid_runs.png
+	$(PY) -m lightning_modules runs compare --experiment renderer-grid-dev --metrics val/l1_mask val/psnr_mask val/loss/perceptual train/loss/l1 train/loss/perceptual --plot docs/renderer_grid_runs.png
 
 bench: install ## preprocessing throughput, A2E and renderer inference latency/throughput (CPU, and CUDA when present)
 	$(PY) -m preprocess.bench
-	$(PY) -m lightning_modules.bench
-	$(PY) -m lightning_modules.renderer_bench $(RENDERER_BENCH_ARGS)
+	$(PY) -m lightning_modules.a2e.bench
+	$(PY) -m lightning_modules.renderer.bench $(RENDERER_BENCH_ARGS)
 
 face-model: install ## rebuild the shipped face model from the five GRID clips not bundled (needs ../shared/data/grid)
 	$(PY) -m preprocess build-face-model --root ../shared/data/grid --exclude '[bbaf2n,brbk7n,lbax4n]'

@@ -1,5 +1,6 @@
-"""LightningModules (training logic only), the nn.Modules they hold (``nets/``), losses (``losses/``),
-the training CLI (``python -m lightning_modules``), MLflow tracking and run comparison.
+"""LightningModules, one package per stage or concern (``a2e/``, ``renderer/``, ``evaluation/``,
+``tracking/``), each holding its module, networks, loss, plots and bench; the training CLI
+(``python -m lightning_modules``) and the helpers both stages share (``hparams``, ``stage_metrics``).
 
 They load the face model from ``preprocess.face_model`` and never copy it.
 """

@@ -1,5 +1,7 @@
 """The training CLI: ``python -m lightning_modules {fit,validate,test,predict} --config ...``.
 
+Also ``python -m lightning_modules evaluate ...`` (Table 2) and ``python -m lightning_modules runs compare ...``.
+
 Model and data are chosen by ``class_path``, so one entry point serves every stage. Configs
 compose with repeated ``--config`` (the last wins); values the data and the model share are
 linked here and written once, in the data config.
@@ -19,7 +21,9 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
-from lightning_modules.tracking import RUN_NAME_ENV, TrackingCallback, find_run_logger, latest_checkpoint, run_of_checkpoint
+from lightning_modules.tracking.checkpoints import latest_checkpoint, run_of_checkpoint
+from lightning_modules.tracking.run_logger import RUN_NAME_ENV, find_run_logger
+from lightning_modules.tracking.run_record import TrackingCallback
 
 
 @lru_cache(maxsize=8)
@@ -145,10 +149,15 @@ class RealTalkCLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     """Entry point (``python -m lightning_modules`` and the ``realtalk-train`` script)."""
     argv = sys.argv[1:] if args is None else args
-    if argv and argv[0] == "evaluate":  # A2E -> renderer on test shards, not a LightningCLI subcommand
-        from lightning_modules.evaluate import main as evaluate_main
+    # commands beside LightningCLI's: A2E -> renderer on test shards, and the MLflow run table
+    if argv and argv[0] == "evaluate":
+        from lightning_modules.evaluation.evaluate import main as evaluate_main
 
         return evaluate_main(argv[1:])
+    if argv and argv[0] == "runs":
+        from lightning_modules.tracking.compare import main as runs_main
+
+        return runs_main(argv[1:])
     inherited = RUN_NAME_ENV in os.environ
     try:
         RealTalkCLI(args=args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lightning_modules.a2e_linear_baseline import load_clips, report
+from lightning_modules.a2e.linear_baseline import load_clips, report
 from tests.synthetic_shards import write_synthetic_shards
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.a2e_inference import blend_weights, predict_expressions, window_starts
-from lightning_modules.nets.a2e_transformer import A2ETransformer, parameter_count
+from lightning_modules.a2e.inference import blend_weights, predict_expressions, window_starts
+from lightning_modules.a2e.transformer import A2ETransformer, parameter_count
 
 
 def tiny(**kw) -> A2ETransformer:

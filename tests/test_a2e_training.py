@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from datamodules.a2e_datamodule import A2EDataModule
-from lightning_modules.a2e_module import A2EModule
+from lightning_modules.a2e.module import A2EModule
+from lightning_modules.a2e.transformer import A2ETransformer
 from lightning_modules.cli import main
-from lightning_modules.nets.a2e_transformer import A2ETransformer
 from tests.synthetic_shards import AUDIO_NAME, write_synthetic_shards
 from tests.test_training_cli import tiny_args
 

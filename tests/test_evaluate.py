@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lightning_modules.evaluate import paste_back
+from lightning_modules.evaluation.evaluate import paste_back
 from preprocess.media import decode_mp4, load_audio, probe
 from tests.conftest import write_video
 from tests.synthetic_shards import write_synthetic_shards

@@ -10,10 +10,10 @@ import torch
 
 from datamodules.face_masks import FaceMasker, fill_polygons
 from datamodules.renderer_datamodule import RendererDataModule
-from lightning_modules.losses.renderer_loss import PerceptualLoss, RendererLoss
-from lightning_modules.nets.fia_renderer import CrossAttention, FIARenderer, blend
-from lightning_modules.nets.patch_discriminator import PatchDiscriminator
-from lightning_modules.renderer_module import RendererModule
+from lightning_modules.renderer.discriminator import PatchDiscriminator
+from lightning_modules.renderer.generator import CrossAttention, FIARenderer, blend
+from lightning_modules.renderer.loss import PerceptualLoss, RendererLoss
+from lightning_modules.renderer.module import RendererModule
 from metrics.backbones import MissingWeightsError
 from preprocess.face_model import FaceModel
 from tests.synthetic_shards import write_synthetic_shards

@@ -128,7 +128,7 @@ def test_two_runs_and_a_resume_leave_two_runs_and_compare_shows_both(shards, tmp
     by_name = {r.info.run_name: r for r in runs}
     assert sorted(by_name) == ["first", "second"]
     assert steps(client, by_name["first"], "train/loss/total") == [4, 9, 14, 19, 24, 29]
-    out = run_cli(tmp_path, "compare", "--metrics", "val/exp_mse", "train/loss/total", "--plot", "cmp.png", module="lightning_modules.runs").stdout
+    out = run_cli(tmp_path, "runs", "compare", "--metrics", "val/exp_mse", "train/loss/total", "--plot", "cmp.png").stdout
     assert "first" in out and "second" in out and "model/net/d_model" in out  # the param that differs is shown
     png = (tmp_path / "cmp.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

@@ -1,35 +1,25 @@
-"""MLflow experiment tracking: the run logger, what each run records, and where checkpoints go.
+"""The MLflow run logger: local sqlite by default, safe under DDP, resumable into the same run.
 
 Defaults: a sqlite database ``mlruns/mlflow.db`` (MLflow 3 refuses its file store) with artifacts
 in ``mlruns/artifacts``; ``MLFLOW_TRACKING_URI`` or ``trainer.logger.init_args.tracking_uri``
-point at a team server instead. Checkpoints go to ``<root>/checkpoints/<experiment>/<run name>/``
-and carry the MLflow run id, so ``--ckpt_path last`` continues the same run (ARCHITECTURE §6).
+point at a team server instead.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
-CHECKPOINT_KEY = "mlflow_run"
-"""Checkpoint entry holding {run_id, run_name, experiment, tracking_uri}."""
 RUN_NAME_ENV = "REALTALK_RUN_NAME"
 """Set by rank 0 so the processes Lightning launches for DDP share its generated run name."""
-VERSIONED_PACKAGES = ("torch", "lightning", "torchmetrics", "webdataset", "mlflow", "jsonargparse", "numpy", "mediapipe", "transformers")
 
 
 def default_tracking_uri() -> str:
@@ -162,93 +152,3 @@ def log_artifact(trainer: L.Trainer, path: Path, artifact_path: str) -> None:
         logger.experiment.log_artifact(logger.run_id, str(path), artifact_path)
 
 
-def git_state() -> dict[str, str]:
-    """Commit and dirty flag of the working tree the code runs from ("unknown" outside git)."""
-    repo = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-
-    try:
-        return {"git/commit": git("rev-parse", "HEAD"), "git/dirty": str(bool(git("status", "--porcelain", "--untracked-files=no")))}
-    except (OSError, subprocess.SubprocessError):
-        return {"git/commit": "unknown", "git/dirty": "unknown"}
-
-
-def package_versions() -> dict[str, str]:
-    out = {}
-    for name in VERSIONED_PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"model/net/d_model": 256, "model/net": "A2ETransformer", ...}``: the config as MLflow params.
-
-    ``init_args`` levels are dropped and a ``class_path`` becomes the value of its parent key.
-    """
-    out: dict[str, Any] = {}
-    for k, v in config.items():
-        if k in ("config", "__path__") or k.startswith("_"):
-            continue
-        key = prefix if k == "init_args" else f"{prefix}/{k}" if prefix else k
-        if k == "class_path":
-            out[prefix] = str(v).rsplit(".", 1)[-1]
-        elif isinstance(v, dict):
-            out.update(flat_config(v, key))
-        else:
-            out[key] = v
-    return out
-
-
-class TrackingCallback(SaveConfigCallback):
-    """Records each run in MLflow and carries the run in every checkpoint.
-
-    Replaces Lightning's SaveConfigCallback, which insists on a local log dir the MLflow logger
-    does not have. Rank 0 logs: the fully resolved config (``config/config.yaml``, and
-    ``config/<stage>-<time>.yaml`` when a later command reuses the run), git commit and dirty flag,
-    package versions, the command line and the checkpoint folder as tags; the flattened config
-    (``model/net/d_model``, ``data/batch_size``, ``trainer/precision``, ...) and the resolved
-    parallelism (``run/world_size``, ``run/strategy``) as params.
-    """
-
-    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        logger = find_run_logger(trainer)
-        if logger is None:
-            return
-        client, run_id = logger.experiment, logger.run_id
-        stage_name = getattr(stage, "value", stage)  # Lightning passes a TrainerFn enum
-        name = "config.yaml" if not logger.resumed else f"{stage_name}-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
-        client.log_text(run_id, self.parser.dump(self.config, skip_none=False), f"config/{name}")
-        tags = {**git_state(), **{f"version/{k}": v for k, v in package_versions().items()}, "command": " ".join(sys.argv)}
-        if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
-            tags["checkpoint/dir"] = str(Path(trainer.checkpoint_callback.dirpath).resolve())
-        for k, v in tags.items():
-            client.set_tag(run_id, k, v)
-        resolved = {
-            "world_size": trainer.world_size, "strategy": type(trainer.strategy).__name__, "precision": str(trainer.precision),
-            "parameters": sum(p.numel() for p in pl_module.parameters()),
-        }
-        logger.log_hyperparams({**flat_config(self.config.as_dict()), **{f"run/{k}": v for k, v in resolved.items()}})
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        logger = find_run_logger(trainer)
-        if logger is not None and trainer.is_global_zero:
-            checkpoint[CHECKPOINT_KEY] = {
-                "run_id": logger.run_id, "run_name": logger.run_name, "experiment": logger.experiment_name, "tracking_uri": logger.tracking_uri,
-            }
-
-
-def run_of_checkpoint(path: str | Path) -> dict[str, str] | None:
-    """The MLflow run a checkpoint was written by (None for checkpoints made without RunLogger)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    return ckpt.get(CHECKPOINT_KEY)
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest ``last.ckpt`` in ``folder`` or its run sub-folders."""
-    found = [p for p in (folder / "last.ckpt", *folder.glob("*/last.ckpt")) if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None

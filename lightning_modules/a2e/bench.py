@@ -1,4 +1,4 @@
-"""``python -m lightning_modules.bench``: A2E transformer inference latency and throughput.
+"""``python -m lightning_modules.a2e.bench``: A2E transformer inference latency and throughput.
 
 One 16-frame window (batch 1: the streaming case, paper: 2.3 ms on a V100) and batches of
 windows (offline dubbing), on CPU (all cores and one thread) and on CUDA when present
@@ -14,7 +14,7 @@ from contextlib import nullcontext
 
 import torch
 
-from lightning_modules.nets.a2e_transformer import A2ETransformer, parameter_count
+from lightning_modules.a2e.transformer import A2ETransformer, parameter_count
 from preprocess.bench import _cpu_name, _timed, format_table
 
 WINDOW, AUDIO_DIM, HISTORY = 16, 384, 16

@@ -10,10 +10,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lightning_modules.a2e_inference import predict_expressions
+from lightning_modules.a2e.inference import predict_expressions
+from lightning_modules.a2e.loss import A2ELoss
+from lightning_modules.a2e.transformer import A2ETransformer
 from lightning_modules.hparams import save_hparams
-from lightning_modules.losses.a2e_loss import A2ELoss
-from lightning_modules.nets.a2e_transformer import A2ETransformer
 from lightning_modules.stage_metrics import StageMetrics
 from metrics.correlation import PearsonFromSums
 from preprocess.face_model import FaceModel

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from lightning_modules.nets.a2e_transformer import A2ETransformer
+from lightning_modules.a2e.transformer import A2ETransformer
 
 
 def window_starts(num_frames: int, window: int, overlap: int) -> list[int]:

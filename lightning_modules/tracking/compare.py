@@ -1,4 +1,4 @@
-"""Compare MLflow runs: ``python -m lightning_modules.runs compare [--experiment NAME] [--metrics ...] [--plot out.png]``.
+"""Compare MLflow runs: ``python -m lightning_modules runs compare [--experiment NAME] [--metrics ...] [--plot out.png]``.
 
 Prints one row per run (name, id, status, steps, the chosen params, and the last and best value
 of each chosen metric) and optionally draws the metric curves of those runs on one figure.
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_modules.tracking import default_tracking_uri
+from lightning_modules.tracking.run_logger import default_tracking_uri
 from preprocess.bench import format_table
 from preprocess.figures import pyplot, save_figure
 
@@ -104,7 +104,7 @@ def compare(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lightning_modules.runs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m lightning_modules runs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compare", help="table (and plot) of runs' params and metrics")
     c.add_argument("--experiment", help="MLflow experiment name (default: every experiment)")

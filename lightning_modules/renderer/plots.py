@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torchvision.utils import make_grid, save_image
 
-from lightning_modules.tracking import artifact_folder, log_artifact
+from lightning_modules.tracking.run_logger import artifact_folder, log_artifact
 
 
 def renderer_grid(batch: dict[str, torch.Tensor], output: torch.Tensor, out: Path, rows: int = 4) -> Path:

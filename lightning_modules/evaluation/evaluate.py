@@ -32,12 +32,12 @@ from tqdm import tqdm
 
 from datamodules.renderer_datamodule import RendererDataModule
 from datamodules.renderer_frames import scale_camera, to_images, valid_frames
-from lightning_modules.a2e_inference import predict_expressions
-from lightning_modules.a2e_module import A2EModule
-from lightning_modules.evaluation_metrics import COLUMNS, LOWER_IS_BETTER, METRICS, SettingMetrics, default_metrics
-from lightning_modules.nets.fia_renderer import blend, coefficient_vector
-from lightning_modules.renderer_module import RendererModule
-from lightning_modules.tracking import latest_checkpoint, run_of_checkpoint
+from lightning_modules.a2e.inference import predict_expressions
+from lightning_modules.a2e.module import A2EModule
+from lightning_modules.evaluation.table_metrics import COLUMNS, LOWER_IS_BETTER, METRICS, SettingMetrics, default_metrics
+from lightning_modules.renderer.generator import blend, coefficient_vector
+from lightning_modules.renderer.module import RendererModule
+from lightning_modules.tracking.checkpoints import load_module, resolve_checkpoint, run_of_checkpoint
 from metrics.arcface import ArcFaceIdentity
 from metrics.dlib_face import DlibFaces, to_uint8_hwc
 from preprocess.audio_features import AudioFeatureConfig, build_audio_features
@@ -59,23 +59,10 @@ class System:
     params: dict[str, Any]
 
 
-def resolve_checkpoint(path: str) -> str:
-    """A .ckpt file, or a folder: the newest ``last.ckpt`` in it or its run sub-folders."""
-    p = Path(path)
-    if p.is_dir():
-        found = latest_checkpoint(p)
-        if found is None:
-            raise SystemExit(f"error: no last.ckpt under {p}; train first or pass a .ckpt file")
-        return str(found)
-    if not p.is_file():
-        raise SystemExit(f"error: no checkpoint file {p}")
-    return str(p)
-
-
-def load_system(a2e_ckpt: str, renderer_ckpt: str, shards: str, device: torch.device) -> System:
+def load_system(a2e_ckpt: Path, renderer_ckpt: Path, shards: str, device: torch.device) -> System:
     try:
-        a2e = A2EModule.load_from_checkpoint(a2e_ckpt, map_location=device).eval()
-        renderer = RendererModule.load_from_checkpoint(renderer_ckpt, map_location=device).eval()
+        a2e = load_module(A2EModule, a2e_ckpt, map_location=device).eval()
+        renderer = load_module(RendererModule, renderer_ckpt, map_location=device).eval()
     except TypeError as e:  # a checkpoint saved before networks were kept in the hyperparameters
         raise SystemExit(f"error: cannot rebuild the networks from {a2e_ckpt} / {renderer_ckpt} ({e}); retrain with this version") from e
     data = RendererDataModule.load_from_checkpoint(renderer_ckpt, shards=shards, num_workers=0)

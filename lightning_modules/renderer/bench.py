@@ -1,4 +1,4 @@
-"""``python -m lightning_modules.renderer_bench``: FIA renderer inference and training throughput.
+"""``python -m lightning_modules.renderer.bench``: FIA renderer inference and training throughput.
 
 Inference at 256×256 (paper: 30.8 ms per frame on a V100): latency at batch 1 and throughput at
 batch 32, fp32 and bf16 autocast, eager and ``torch.compile``, on CPU and on CUDA when present;
@@ -19,10 +19,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_modules.losses.renderer_loss import PerceptualLoss, RendererLoss
-from lightning_modules.nets.fia_renderer import FIARenderer
-from lightning_modules.nets.patch_discriminator import PatchDiscriminator
-from lightning_modules.renderer_module import RendererModule
+from lightning_modules.renderer.discriminator import PatchDiscriminator
+from lightning_modules.renderer.generator import FIARenderer
+from lightning_modules.renderer.loss import PerceptualLoss, RendererLoss
+from lightning_modules.renderer.module import RendererModule
 from preprocess.bench import _cpu_name, _timed, format_table
 
 SHAPE_DIM, EXP_DIM = 9, 64  # the shipped face model's widths

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lightning_modules.a2e_inference import predict_expressions
-from lightning_modules.tracking import artifact_folder, log_artifact
+from lightning_modules.a2e.inference import predict_expressions
+from lightning_modules.tracking.run_logger import artifact_folder, log_artifact
 from preprocess.figures import pyplot, save_figure
 from preprocess.media import VIDEO_FPS
 

@@ -11,9 +11,9 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_modules.hparams import save_hparams
-from lightning_modules.losses.renderer_loss import RendererLoss, hinge_d_loss, masked_l1
-from lightning_modules.nets.fia_renderer import FIARenderer, blend, coefficient_vector
-from lightning_modules.nets.patch_discriminator import PatchDiscriminator
+from lightning_modules.renderer.discriminator import PatchDiscriminator
+from lightning_modules.renderer.generator import FIARenderer, blend, coefficient_vector
+from lightning_modules.renderer.loss import RendererLoss, hinge_d_loss, masked_l1
 from lightning_modules.stage_metrics import StageMetrics
 
 

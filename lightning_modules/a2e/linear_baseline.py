@@ -1,4 +1,4 @@
-"""``python -m lightning_modules.a2e_linear_baseline``: how much of β the audio can explain, linearly.
+"""``python -m lightning_modules.a2e.linear_baseline``: how much of β the audio can explain, linearly.
 
 A reference for the A2E validation numbers on a small corpus. Per-frame ridge regression from
 the audio rows of a frame (2t and 2t + 1, concatenated) to its expression β is fitted on the

@@ -1,1 +1,0 @@
-"""Losses: nn.Modules returning (total, {log key: value})."""

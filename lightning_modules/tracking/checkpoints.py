@@ -1,0 +1,87 @@
+"""Checkpoints: the MLflow run that wrote one, the newest of a run folder, and loading a module from one.
+
+Checkpoints go to ``<root>/checkpoints/<experiment>/<run name>/`` and carry the MLflow run id, so
+``--ckpt_path last`` continues the same run (ARCHITECTURE §6).
+
+A checkpoint names the classes of its networks (``class_path`` in its hyperparameters) so that
+it rebuilds them alone. Checkpoints written before the stage packages (``lightning_modules/a2e/``,
+``renderer/``, ...) name the old flat paths; :func:`load_module` maps those through
+:data:`MOVED_CLASSES` and loads them unchanged otherwise.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lightning as L
+import torch
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=L.LightningModule)
+
+CHECKPOINT_KEY = "mlflow_run"
+"""Checkpoint entry holding {run_id, run_name, experiment, tracking_uri}."""
+
+MOVED_CLASSES = {
+    "lightning_modules.a2e_module.A2EModule": "lightning_modules.a2e.module.A2EModule",
+    "lightning_modules.nets.a2e_transformer.A2ETransformer": "lightning_modules.a2e.transformer.A2ETransformer",
+    "lightning_modules.renderer_module.RendererModule": "lightning_modules.renderer.module.RendererModule",
+    "lightning_modules.nets.fia_renderer.FIARenderer": "lightning_modules.renderer.generator.FIARenderer",
+    "lightning_modules.nets.patch_discriminator.PatchDiscriminator": "lightning_modules.renderer.discriminator.PatchDiscriminator",
+    "lightning_modules.losses.renderer_loss.RendererLoss": "lightning_modules.renderer.loss.RendererLoss",
+    "lightning_modules.losses.renderer_loss.PerceptualLoss": "lightning_modules.renderer.loss.PerceptualLoss",
+}
+"""Class paths of the flat layout (up to commit f99bada) -> where those classes live now."""
+
+
+def run_of_checkpoint(path: str | Path) -> dict[str, str] | None:
+    """The MLflow run a checkpoint was written by (None for checkpoints made without RunLogger)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    return ckpt.get(CHECKPOINT_KEY)
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest ``last.ckpt`` in ``folder`` or its run sub-folders."""
+    found = [p for p in (folder / "last.ckpt", *folder.glob("*/last.ckpt")) if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A .ckpt file, or a folder: the newest ``last.ckpt`` in it or its run sub-folders."""
+    p = Path(path)
+    if p.is_dir():
+        found = latest_checkpoint(p)
+        if found is None:
+            raise SystemExit(f"error: no last.ckpt under {p}; train first or pass a .ckpt file")
+        return found
+    if not p.is_file():
+        raise SystemExit(f"error: no checkpoint file {p}")
+    return p
+
+
+def _map_moved_classes(node: Any) -> int:
+    """Replace the flat layout's class paths in place, anywhere in a hyperparameter tree; how many were replaced."""
+    count = 0
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        if isinstance(value, str) and value in MOVED_CLASSES:
+            node[key] = MOVED_CLASSES[value]
+            count += 1
+        else:
+            count += _map_moved_classes(value)
+    return count
+
+
+def load_module(cls: type[M], path: str | Path, **kwargs: Any) -> M:
+    """``cls.load_from_checkpoint(path, **kwargs)``, also for checkpoints of the flat layout (see :data:`MOVED_CLASSES`)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # mmap: only the hyperparameters are read here
+    if not _map_moved_classes(ckpt.get("hyper_parameters", {})):
+        return cls.load_from_checkpoint(path, **kwargs)
+    log.info("%s was written before the stage packages; its class paths are mapped to the current ones", path)
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    buffer.seek(0)
+    return cls.load_from_checkpoint(buffer, **kwargs)
