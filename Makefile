@@ -31,8 +31,8 @@ test-full: install ## every test, slow ones included
 lint: install ## ruff over the code and tests
 	$(VENV)/bin/ruff check preprocess datamodules lightning_modules metrics tests
 
-A2E_CONFIGS := --config configs/model/a2e.yaml --config configs/data/a2e.yaml --config configs/trainer/cpu.yaml --config configs/logger/mlflow.yaml
-RENDERER_CONFIGS := --config configs/model/renderer.yaml --config configs/data/renderer.yaml --config configs/trainer/cpu.yaml --config configs/logger/mlflow.yaml
+A2E_CONFIGS := --config configs/model/a2e.yaml --config configs/data/a2e.yaml --config configs/trainer/cpu.yaml
+RENDERER_CONFIGS := --config configs/model/renderer.yaml --config configs/data/renderer.yaml --config configs/trainer/cpu.yaml
 
 demo: install ## preprocess the bundled GRID samples, train A2E and the renderer on them (CPU, local MLflow), compare the runs, evaluate (Table 2)
 	$(PY) -m preprocess shard --config configs/preprocess/demo.yaml --overwrite true

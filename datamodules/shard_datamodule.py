@@ -19,6 +19,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, default_collate
 
 from datamodules.shard_stream import EpochLoader, EvalItems, ShardCycle, split_frames, split_shards, warn_and_skip, worker_slot
+from preprocess.errors import ConfigError
 from preprocess.face_model import FaceModel
 from preprocess.schema import check_compatible, decode_sample
 
@@ -76,19 +77,28 @@ class ShardDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.trainer is not None:
             self._rank, self._world = self.trainer.global_rank, self.trainer.world_size
-        # fail here, with the folder named, rather than inside a worker
+        self.urls = self.check_inputs(stage, self._world)
+
+    def check_inputs(self, stage: str, world_size: int) -> dict[str, list[str]]:
+        """The shards of each split ``stage`` reads; a :class:`ConfigError` naming the folder when they cannot serve it.
+
+        Missing shards, shards made for another face model or audio extractor, or an evaluation split
+        with fewer items than ranks stop here, before any worker starts (the CLI calls this before
+        it opens an MLflow run, and ``setup`` again).
+        """
         needed = self.splits_for(stage)
-        self.urls = {split: split_shards(self.hparams.shards, split) for split in needed}
-        first = next(iter(wds.tarfile_to_samples(handler=warn_and_skip)(iter([{"url": self.urls[needed[0]][0]}]))), None)
+        urls = {split: split_shards(self.hparams.shards, split) for split in needed}
+        first = next(iter(wds.tarfile_to_samples(handler=warn_and_skip)(iter([{"url": urls[needed[0]][0]}]))), None)
         if first is not None:
             self.decode(first)
         for split in set(needed) & {"val", "test"}:
             frames = split_frames(self.hparams.shards, split)
-            if frames is not None and self.eval_item_count(frames) < self._world:
-                raise ValueError(
+            if frames is not None and self.eval_item_count(frames) < world_size:
+                raise ConfigError(
                     f"the {split} split of {self.hparams.shards} has {frames} frames: fewer evaluation items than the "
-                    f"{self._world} ranks, so some rank would get no batch; add {split} clips or use fewer devices"
+                    f"{world_size} ranks, so some rank would get no batch; add {split} clips or use fewer devices"
                 )
+        return urls
 
     def batches_per_epoch(self) -> int:
         if self.hparams.train_batches_per_epoch:

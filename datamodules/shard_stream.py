@@ -19,10 +19,12 @@ from typing import Any
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from preprocess.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
-class MissingShardsError(FileNotFoundError):
+class MissingShardsError(ConfigError, FileNotFoundError):
     """A split has no shards in the configured folder."""
 
 

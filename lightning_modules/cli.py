@@ -10,20 +10,25 @@ linked here and written once, in the data config.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, NoReturn
 
 import lightning as L
+from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
+from datamodules.shard_datamodule import ShardDataModule
 from lightning_modules.tracking.checkpoints import latest_checkpoint, run_of_checkpoint
 from lightning_modules.tracking.run_logger import RUN_NAME_ENV, find_run_logger
 from lightning_modules.tracking.run_record import TrackingCallback
+from preprocess.errors import ConfigError
 
 
 @lru_cache(maxsize=8)
@@ -42,8 +47,38 @@ def face_exp_dim(path: str | None) -> int:
     return _face_model_dims(path)[1]
 
 
-class ResumeError(ValueError):
+class ResumeError(ConfigError, ValueError):
     """``--ckpt_path`` names nothing usable."""
+
+
+DEFAULT_LOGGER = {"class_path": "lightning_modules.tracking.run_logger.RunLogger", "init_args": {"experiment_name": "realtalk"}}
+"""Every run is tracked unless ``--trainer.logger false``: local sqlite MLflow, or ``$MLFLOW_TRACKING_URI``."""
+
+
+def config_error_line(message: str, subcommand: str) -> str:
+    """jsonargparse's nested report of a bad config, as one line: the key, the class it belongs to, what is wrong, where to look.
+
+    The report nests one level per injected class (model -> net -> ...), lists the alternatives of
+    Optional types (``Expected a <class 'NoneType'>``) and repeats the given value; only the path to
+    the innermost complaint is kept.
+    """
+    keys, classes, detail = [], [], ""
+    for raw in message.splitlines():
+        line = raw.strip().removeprefix("- ")
+        if match := re.match(r'Parser key "([^"]+)":\s*(.*)', line):
+            keys.append(match[1])
+            detail = detail or match[2]
+        elif match := re.match(r"Problem with given class_path '([^']+)':\s*(.*)", line):
+            classes.append(match[1])
+            detail = detail or match[2]
+        elif line and not detail and not line.startswith(("Does not validate", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>")):
+            detail = line
+    if not keys:
+        return f"{detail}; the accepted options: python -m lightning_modules {subcommand} --help"
+    key = ".init_args.".join(keys)
+    if not classes:
+        return f"config key {key}: {detail}; the accepted options: python -m lightning_modules {subcommand} --help"
+    return f"config key {key} ({classes[-1]}): {detail}; its accepted options: python -m lightning_modules {subcommand} --{key}.help {classes[-1]}"
 
 
 class RealTalkCLI(LightningCLI):
@@ -56,8 +91,16 @@ class RealTalkCLI(LightningCLI):
         kwargs.setdefault("parser_kwargs", {"description": __doc__})
         super().__init__(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, **kwargs)
 
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # raise instead of printing the whole usage: main() reports a config mistake as one line
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
+
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - LightningArgumentParser
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"trainer.logger": DEFAULT_LOGGER})
+        # validation by steps whatever the trainer preset: the epochs of a streamed dataset are arbitrary cuts
+        parser.set_defaults({"trainer.check_val_every_n_epoch": None, "trainer.val_check_interval": 500})
         # TrackingCallback logs the whole flattened config; Lightning's own hparams logging would repeat part of it
         parser.set_defaults({"trainer.enable_autolog_hparams": False})
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "step{step:07d}", "checkpoint.auto_insert_metric_name": False})
@@ -83,7 +126,9 @@ class RealTalkCLI(LightningCLI):
         self._prepare_run()
 
     def _prepare_run(self) -> None:
-        """Pick the run name and checkpoint folder; with ``--ckpt_path`` continue the checkpoint's MLflow run."""
+        """Check the inputs, pick the run name and checkpoint folder; with ``--ckpt_path`` continue the checkpoint's MLflow run."""
+        if isinstance(self.datamodule, ShardDataModule):  # before any MLflow run exists: a user error leaves no empty run behind
+            self.datamodule.check_inputs(self.subcommand, self.trainer.world_size)
         logger = find_run_logger(self.trainer)
         if logger is None:
             return
@@ -146,6 +191,12 @@ class RealTalkCLI(LightningCLI):
         return name
 
 
+def _user_error(message: str) -> NoReturn:
+    """An expected mistake of the user: one line on stderr, exit status 2, no traceback (real crashes keep theirs)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point (``python -m lightning_modules`` and the ``realtalk-train`` script)."""
     argv = sys.argv[1:] if args is None else args
@@ -161,8 +212,10 @@ def main(args: list[str] | None = None) -> None:
     inherited = RUN_NAME_ENV in os.environ
     try:
         RealTalkCLI(args=args)
-    except ResumeError as e:
-        sys.exit(f"error: {e}")
+    except ArgumentError as e:  # a config key that does not exist, a value of the wrong type, a missing config file
+        _user_error(config_error_line(str(e), argv[0] if argv else "fit"))
+    except ConfigError as e:  # missing or mismatched shards, too few items for the ranks, no such checkpoint
+        _user_error(str(e))
     finally:
         if not inherited:  # a later CLI call in the same process must not reuse this run's name
             os.environ.pop(RUN_NAME_ENV, None)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from preprocess.errors import ConfigError
 from preprocess.media import decode_mp4, read_wav
 
 SCHEMA_VERSION = 1
@@ -91,7 +92,7 @@ def validate_sample(d: dict[str, Any]) -> list[str]:
     return problems
 
 
-class ShardMismatchError(ValueError):
+class ShardMismatchError(ConfigError, ValueError):
     """Shards made with another face model or audio feature extractor than the config asks for."""
 
 

@@ -14,8 +14,10 @@ from tests.synthetic_shards import AUDIO_NAME, write_synthetic_shards
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-BASE = ["model/a2e.yaml", "data/a2e.yaml", "trainer/cpu.yaml", "logger/mlflow.yaml", "debug/tiny.yaml"]
-RENDERER_BASE = ["model/renderer.yaml", "data/renderer.yaml", "trainer/cpu.yaml", "logger/mlflow.yaml", "debug/tiny_renderer.yaml"]
+# no logger config: every fit is tracked in MLflow by default
+BASE = ["model/a2e.yaml", "data/a2e.yaml", "trainer/cpu.yaml", "debug/tiny.yaml"]
+MINIMAL = ["model/a2e.yaml", "data/a2e.yaml", "debug/tiny.yaml"]
+RENDERER_BASE = ["model/renderer.yaml", "data/renderer.yaml", "trainer/cpu.yaml", "debug/tiny_renderer.yaml"]
 
 
 def tiny_args(shards: Path, *extra_configs: str, base: list[str] = BASE) -> list[str]:
@@ -78,17 +80,41 @@ def test_every_preset_parses_and_instantiates(preset, shards, frame_shards, monk
             assert cli.model.net.audio_embed.in_features == 16  # linked from the data config
 
 
-def test_wrong_key_is_a_clear_error(shards, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "lightning_modules", "fit", *tiny_args(shards), "--model.init_args.net.init_args.d_modle", "8"],
+USER_ERRORS = {
+    "no shards": (["--data.init_args.shards", "nowhere"], ["no 'train' shards in nowhere", "python -m preprocess shard"]),
+    "shards of another audio extractor": (["--data.init_args.audio_features", "whisper-tiny"], ["audio features 'synthetic'", "regenerate the shards"]),
+    "fewer eval items than ranks": (["--trainer.devices", "64", "--trainer.strategy", "ddp"], ["fewer evaluation items than the 64 ranks", "use fewer devices"]),
+    "no such checkpoint": (["--ckpt_path", "nowhere.ckpt"], ["--ckpt_path nowhere.ckpt: no such checkpoint file"]),
+    "unknown key": (["--model.init_args.net.init_args.d_modle", "8"], ["Option 'd_modle' is not accepted", "--model.init_args.net.help"]),
+    "unknown key in a config file": (["--config", "typo.yaml"], ["Option 'lambda_vertx' is not accepted", "--model.help lightning_modules.a2e.module.A2EModule"]),
+}
+
+
+@pytest.mark.parametrize("case", USER_ERRORS)
+def test_an_expected_user_error_is_one_line_and_exit_2(case, shards, tmp_path):
+    extra, expected = USER_ERRORS[case]
+    (tmp_path / "typo.yaml").write_text("model:\n  init_args:\n    lambda_vertx: 0.3\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "lightning_modules", "fit", *tiny_args(shards, base=MINIMAL), *extra],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and "d_modle" in proc.stderr and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(errors) == 1 and proc.stderr.rstrip().endswith(errors[0]), proc.stderr[-3000:]
+    assert all(text in errors[0] for text in expected), errors[0]
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "checkpoints").exists()  # stopped before any run was opened
+
+
+def test_tracking_turned_off_writes_no_mlflow_run(shards, tmp_path):
+    run_cli(tmp_path, "fit", *tiny_args(shards, base=MINIMAL), "--trainer.logger", "false", "--trainer.max_steps", "10")
+    assert not (tmp_path / "mlruns").exists()
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()  # Lightning's own checkpoint folder
 
 
 def test_resume_continues_the_same_run(shards, tmp_path):
-    """fit to step 20, --ckpt_path last to step 40: one run, metric steps continue, optimizer state restored."""
-    run_cli(tmp_path, "fit", *tiny_args(shards))
-    run_cli(tmp_path, "fit", *tiny_args(shards), "--ckpt_path", "last", "--trainer.max_steps", "40")
+    """With only the model, data and tiny configs: the default MLflow run and per-run checkpoint folder;
+    fit to step 20, --ckpt_path last to step 40: one run, metric steps continue, optimizer state restored."""
+    run_cli(tmp_path, "fit", *tiny_args(shards, base=MINIMAL))
+    run_cli(tmp_path, "fit", *tiny_args(shards, base=MINIMAL), "--ckpt_path", "last", "--trainer.max_steps", "40")
     client, runs = mlflow_runs(tmp_path)
     assert len(runs) == 1
     assert steps(client, runs[0], "train/loss/total") == [4, 9, 14, 19, 24, 29, 34, 39]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_modules.tracking.run_logger import default_tracking_uri
+from lightning_modules.tracking.run_logger import default_tracking_uri, sqlite_file
 from preprocess.bench import format_table
 from preprocess.figures import pyplot, save_figure
 
@@ -28,7 +28,10 @@ def lower_is_better(metric: str) -> bool:
 def _client(tracking_uri: str | None) -> Any:
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri or default_tracking_uri())
+    uri = tracking_uri or default_tracking_uri()
+    if (db := sqlite_file(uri)) is not None and not db.is_file():
+        raise SystemExit(f"error: no MLflow database at {db}: run this where training ran, or pass --tracking-uri")
+    return MlflowClient(uri)
 
 
 def collect_runs(client: Any, experiment: str | None, metrics: Sequence[str] | None, params: Sequence[str] | None, max_runs: int = 50) -> tuple[list[dict[str, Any]], list[str], list[str]]:

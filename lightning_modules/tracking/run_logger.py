@@ -26,9 +26,12 @@ def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else the sqlite database ``./mlruns/mlflow.db``."""
     if uri := os.environ.get("MLFLOW_TRACKING_URI"):
         return uri
-    root = Path("mlruns").resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / 'mlflow.db'}"
+    return f"sqlite:///{Path('mlruns').resolve() / 'mlflow.db'}"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (None for servers and other stores)."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 class RunLogger(MLFlowLogger):
@@ -82,6 +85,8 @@ class RunLogger(MLFlowLogger):
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
+            if (db := sqlite_file(self._tracking_uri)) is not None:
+                db.parent.mkdir(parents=True, exist_ok=True)  # here, not at construction: a run that stops early leaves no folder
             self._client = MlflowClient(self._tracking_uri)
         return self._client
 
