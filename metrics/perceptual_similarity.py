@@ -1,4 +1,4 @@
-"""LPIPS (AlexNet, v0.1 linear heads) over the whole crop and over the redrawn region."""
+"""LPIPS (v0.1 linear heads; AlexNet, the paper's, or VGG16) over the whole crop and over the redrawn region."""
 
 from __future__ import annotations
 
@@ -8,23 +8,30 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.functional.image.lpips import _LPIPS
 
-from metrics.backbones import weights_file
+from metrics.backbones import load_state
+from preprocess.weights import MissingWeightsError, weight_file
 
-ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's IMAGENET1K_V1 checkpoint name
+LPIPS_NETS = {"alex": "alexnet", "vgg": "vgg16"}
+"""LPIPS backbone -> its converted ImageNet convolutions in the weights store."""
 
 
-def load_alexnet_features(lpips_net: _LPIPS, weights: str | None) -> Path:
-    """Copy torchvision AlexNet ImageNet weights into the LPIPS backbone (it keeps torchvision's layer indices)."""
-    path = weights_file(
-        weights, ALEXNET_FILE, "AlexNet ImageNet weights for LPIPS",
-        "they are not on PyPI, so LPIPS is left out offline (pretrained: false = random weights, tests only)",
-    )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def load_lpips_backbone(lpips_net: torch.nn.Module, net: str, weights: str | None) -> Path:
+    """ImageNet convolutions into an LPIPS backbone (torchmetrics' or the lpips package's: both keep torchvision's layer indices).
+
+    ``weights``: a ``.safetensors`` or torchvision ``.pth`` with ``features.<i>.*`` keys (None = the weights store).
+    """
+    path = weight_file(LPIPS_NETS[net], weights)
+    state = load_state(path)
+    loaded = 0
     for slice_ in (lpips_net.net.slice1, lpips_net.net.slice2, lpips_net.net.slice3, lpips_net.net.slice4, lpips_net.net.slice5):
         for index, layer in slice_.named_children():
             params = {k.removeprefix(f"features.{index}."): v for k, v in state.items() if k.startswith(f"features.{index}.")}
             if params:
                 layer.load_state_dict(params)
+                loaded += 1
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in lpips_net.net.modules())
+    if loaded != convs:
+        raise MissingWeightsError(f"{path} holds {loaded} of the {convs} {net} convolutions LPIPS needs")
     return path
 
 
@@ -32,19 +39,23 @@ class PerceptualSimilarity(Metric):
     """Mean LPIPS of frames in [0, 1]; with a mask also ``lpips_mask``, the spatial LPIPS map averaged over it.
 
     Args:
-        weights: AlexNet ``.pth`` (None = the torch hub cache). The linear heads ship with torchmetrics.
-        pretrained: False = a random AlexNet on purpose (tests only; such numbers mean nothing).
+        net: ``alex`` (the paper's LPIPS) or ``vgg``.
+        weights: the backbone's ImageNet convolutions (None = the weights store, see ``make weights``). The
+            v0.1 linear heads ship with torchmetrics (the same values as the lpips package's).
+        pretrained: False = a random backbone on purpose (tests only; such numbers mean nothing).
     """
 
     higher_is_better = False
     is_differentiable = False
     full_state_update = False
 
-    def __init__(self, weights: str | None = None, pretrained: bool = True, mask_threshold: float = 0.5, **kwargs) -> None:
+    def __init__(self, net: str = "alex", weights: str | None = None, pretrained: bool = True, mask_threshold: float = 0.5, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.net = _LPIPS(pretrained=True, net="alex", pnet_rand=True).eval().requires_grad_(False)
+        if net not in LPIPS_NETS:
+            raise ValueError(f"LPIPS net must be one of {sorted(LPIPS_NETS)}, got {net!r}")
+        self.net = _LPIPS(pretrained=True, net=net, pnet_rand=True).eval().requires_grad_(False)
         if pretrained:
-            load_alexnet_features(self.net, weights)
+            load_lpips_backbone(self.net, net, weights)
         self.mask_threshold = mask_threshold
         for name in ("lpips_sum", "frames", "lpips_mask_sum", "mask_frames"):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")

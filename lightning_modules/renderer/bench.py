@@ -14,9 +14,11 @@ import os
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
 from lightning_modules.renderer.discriminator import PatchDiscriminator
@@ -26,6 +28,7 @@ from lightning_modules.renderer.module import RendererModule
 from preprocess.bench import _cpu_name, _timed, format_table
 
 SHAPE_DIM, EXP_DIM = 9, 64  # the shipped face model's widths
+DEMO_PRESET = Path(__file__).resolve().parents[2] / "configs" / "experiment" / "renderer_demo.yaml"
 
 
 def _inputs(batch: int, size: int, device: str) -> tuple[torch.Tensor, ...]:
@@ -64,18 +67,38 @@ class _StepTimer(L.Callback):
             self.start = time.perf_counter()
 
 
-def _training(batch: int, size: int, steps: int, device: str) -> float:
-    """Images per second of full GAN training steps (critic on) in bf16-mixed."""
+def _training(batch: int, size: int, steps: int, device: str, module: RendererModule | None = None, precision: str = "bf16-mixed") -> float:
+    """Images per second of full GAN training steps (critic on); default the paper-size renderer in bf16-mixed."""
     data = [dict(zip(("source", "mask", "reference"), _inputs(batch, size, "cpu")[:3])) for _ in range(4)]
     for d in data:
         d |= {"teeth": d["mask"], "shape": torch.zeros(batch, SHAPE_DIM), "exp": torch.zeros(batch, EXP_DIM), "pose": torch.zeros(batch, 6)}
-    module = RendererModule(FIARenderer(SHAPE_DIM, EXP_DIM), PatchDiscriminator(), RendererLoss(PerceptualLoss()), disc_start_step=0)
+    if module is None:
+        module = RendererModule(FIARenderer(SHAPE_DIM, EXP_DIM), PatchDiscriminator(), RendererLoss(PerceptualLoss("vgg16")), disc_start_step=0)
     timer = _StepTimer(warmup=3)
-    trainer = L.Trainer(accelerator=device, devices=1, precision="bf16-mixed", max_steps=2 * (steps + timer.warmup), logger=False,
+    trainer = L.Trainer(accelerator=device, devices=1, precision=precision, max_steps=2 * (steps + timer.warmup), logger=False, callbacks=[timer],
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     loader = DataLoader(data * (steps + timer.warmup), batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
     return (timer.batches - timer.warmup) * batch / (time.perf_counter() - timer.start)
+
+
+def perceptual_backbones(steps: int) -> list[list[str]]:
+    """CPU fp32 training steps of the demo preset's renderer with each perceptual backbone, in one run; ratio to EfficientNet-Lite0."""
+    preset = yaml.safe_load(DEMO_PRESET.read_text())
+    model, data = preset["model"]["init_args"], preset["data"]["init_args"]
+    size, batch = data["image_size"], data["batch_size"]
+    rows, base = [], None
+    for backbone in ("efficientnet_lite0", "vgg16"):
+        torch.manual_seed(0)
+        module = RendererModule(
+            FIARenderer(SHAPE_DIM, EXP_DIM, **model["net"]["init_args"]), PatchDiscriminator(**model["discriminator"]["init_args"]),
+            RendererLoss(PerceptualLoss(backbone)), disc_start_step=0,
+        )
+        ips = _training(batch, size, steps, "cpu", module, precision="32-true")
+        base = base or ips
+        print(f"  cpu training step, perceptual {backbone}: {ips:,.1f} images/s", file=sys.stderr, flush=True)
+        rows.append([backbone, f"{size}px, batch {batch}", f"{ips:,.1f}", f"{1e3 * batch / ips:,.0f}", f"{base / ips:.2f}x"])
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cpu-compile", action="store_true", help="add torch.compile rows on the CPU too (compiling takes minutes there)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows everywhere")
     ap.add_argument("--train-steps", type=int, default=20, help="timed training steps (CUDA only)")
+    ap.add_argument("--perceptual-steps", type=int, default=10, help="timed CPU training steps of the demo preset per perceptual backbone (0 = skip)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
@@ -117,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
                     t = _inference(eager[b], 1, args.size, device, False, repeats)
                     rows.append([device, "fp32", "eager", "1", f"blocks={b}", f"{t * 1e3:,.1f}", f"{t * 1e3:,.1f}", f"{1 / t:,.1f}", f"{t / base:.2f}x"])
     print(format_table(["device", "precision", "mode", "batch", "model", "ms / call", "ms / frame", "frames / s", "vs blocks=2"], rows))
+    if args.perceptual_steps:
+        print(f"\nperceptual loss backbone, CPU fp32 GAN training step of {DEMO_PRESET.name}'s renderer ({args.perceptual_steps} steps each):")
+        print(format_table(["backbone", "input", "images / s", "ms / step", "step time vs efficientnet_lite0"], perceptual_backbones(args.perceptual_steps)))
     if torch.cuda.is_available():
         for batch in (8, 16):
             print(f"training step, cuda bf16-mixed, batch {batch} at {args.size}px: {_training(batch, args.size, args.train_steps, 'cuda'):,.1f} images/s")

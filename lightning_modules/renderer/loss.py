@@ -13,7 +13,9 @@ class PerceptualLoss(nn.Module):
     """Mean L1 distance between frozen backbone activations of two images, averaged over the tap layers.
 
     Args:
-        backbone: ``vgg19`` (the paper's) or ``efficientnet_lite0`` (real weights ship with pip: the offline default).
+        backbone: ``vgg19`` (the paper's; its weights are not obtainable offline, so only from a path), ``vgg16``
+            (relu1_2 … relu5_3; weights from ``make weights``: the closest to the paper's that exists offline, the
+            paper-size default) or ``efficientnet_lite0`` (weights ship with pip; much cheaper on a CPU).
         weights: checkpoint path (None = the standard place; see :mod:`metrics.backbones`).
         pretrained: false = random weights, only when a config says so explicitly (tests).
     """
