@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install weights test test-full lint demo bench face-model figures mlflow-ui a2e-grid renderer-grid clean
+.PHONY: help install weights gpu-wheels gpu-check test test-full lint demo bench face-model figures mlflow-ui a2e-grid renderer-grid clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -69,6 +69,30 @@ bench: install ## preprocessing throughput, A2E and renderer inference latency/t
 	$(PY) -m preprocess.bench
 	$(PY) -m lightning_modules.a2e.bench
 	$(PY) -m lightning_modules.renderer.bench $(RENDERER_BENCH_ARGS)
+
+# what the GPU image lacks and the check imports (KINDS.md of the device tool lists the image's packages);
+# the same versions as this venv, for the device's Python 3.12
+GPU_WHEELS := av==18.1.0 webdataset==1.0.2 braceexpand==0.1.7 jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0 \
+  efficientnet-lite-pytorch==0.1.0 kornia==0.9.0 kornia_rs==0.2.0
+GPU_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64,--platform $(p))
+DEMO_SHARDS := sharded_data/demo/manifest.json
+DEVICE ?= cuda
+
+$(DEMO_SHARDS): $(STAMP)
+	$(PY) -m preprocess shard --config configs/preprocess/demo.yaml --overwrite true
+
+gpu-wheels: $(STAMP) $(DEMO_SHARDS) ## wheels the GPU device lacks (Python 3.12) into .whl/, and the demo shards; prints what travels
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $(GPU_PLATFORMS) -d .whl $(GPU_WHEELS)
+	@echo "travels with the check (limit 64 MiB):"; du -ch .whl sharded_data/demo/*.tar $$(git ls-files) | tail -1
+
+gpu-check: ## the GPU check (README "GPU"): on a lent device `make gpu-check`; here `make gpu-check DEVICE=cpu`, the tiny dry run
+ifeq ($(DEVICE),cpu)
+	$(MAKE) $(DEMO_SHARDS)
+	$(PY) -m lightning_modules.gpu_check --device cpu --tiny --no-compile --out gpu_check
+else
+	bash .ci/gpu_check.sh
+endif
 
 face-model: install ## rebuild the shipped face model from the five GRID clips not bundled (needs ../shared/data/grid)
 	$(PY) -m preprocess build-face-model --root ../shared/data/grid --exclude '[bbaf2n,brbk7n,lbax4n]'

@@ -29,7 +29,7 @@ def tiny_args(shards: Path, *extra_configs: str, base: list[str] = BASE) -> list
 
 
 def run_cli(cwd: Path, *args: str, module: str = "lightning_modules", timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -90,17 +90,22 @@ USER_ERRORS = {
 }
 
 
+def user_error(cwd: Path, *args: str) -> str:
+    """Run ``python -m lightning_modules *args`` expecting an expected user error: exit 2, one ``error:`` line last on stderr, no traceback."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "lightning_modules", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(errors) == 1 and proc.stderr.rstrip().endswith(errors[0]), proc.stderr[-3000:]
+    return errors[0]
+
+
 @pytest.mark.parametrize("case", USER_ERRORS)
 def test_an_expected_user_error_is_one_line_and_exit_2(case, shards, tmp_path):
     extra, expected = USER_ERRORS[case]
     (tmp_path / "typo.yaml").write_text("model:\n  init_args:\n    lambda_vertx: 0.3\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "lightning_modules", "fit", *tiny_args(shards, base=MINIMAL), *extra],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert len(errors) == 1 and proc.stderr.rstrip().endswith(errors[0]), proc.stderr[-3000:]
-    assert all(text in errors[0] for text in expected), errors[0]
+    error = user_error(tmp_path, "fit", *tiny_args(shards, base=MINIMAL), *extra)
+    assert all(text in error for text in expected), error
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "checkpoints").exists()  # stopped before any run was opened
 
 
@@ -108,25 +113,6 @@ def test_tracking_turned_off_writes_no_mlflow_run(shards, tmp_path):
     run_cli(tmp_path, "fit", *tiny_args(shards, base=MINIMAL), "--trainer.logger", "false", "--trainer.max_steps", "10")
     assert not (tmp_path / "mlruns").exists()
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()  # Lightning's own checkpoint folder
-
-
-def test_resume_continues_the_same_run(shards, tmp_path):
-    """With only the model, data and tiny configs: the default MLflow run and per-run checkpoint folder;
-    fit to step 20, --ckpt_path last to step 40: one run, metric steps continue, optimizer state restored."""
-    run_cli(tmp_path, "fit", *tiny_args(shards, base=MINIMAL))
-    run_cli(tmp_path, "fit", *tiny_args(shards, base=MINIMAL), "--ckpt_path", "last", "--trainer.max_steps", "40")
-    client, runs = mlflow_runs(tmp_path)
-    assert len(runs) == 1
-    assert steps(client, runs[0], "train/loss/total") == [4, 9, 14, 19, 24, 29, 34, 39]
-    assert steps(client, runs[0], "val/exp_mse") == [9, 19, 29, 39]
-    ckpt_dir = Path(runs[0].data.tags["checkpoint/dir"])
-    assert ckpt_dir == tmp_path / "checkpoints" / "realtalk" / runs[0].info.run_name
-    last = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)
-    adam_steps = {int(s["step"]) for s in last["optimizer_states"][0]["state"].values()}
-    assert adam_steps == {40} and last["global_step"] == 40  # a fresh optimizer would say 20
-    assert last["mlflow_run"]["run_id"] == runs[0].info.run_id
-    artifacts = [a.path for a in client.list_artifacts(runs[0].info.run_id, "config")]
-    assert "config/config.yaml" in artifacts and len(artifacts) == 2  # the first config and the resume's
 
 
 @pytest.mark.ddp
@@ -146,23 +132,34 @@ def test_ddp_two_processes_bf16_one_run_and_resume(shards, tmp_path):
     assert steps(client, runs[0], "val/exp_mse") == [9, 19, 29, 39]
 
 
-def test_two_runs_and_a_resume_leave_two_runs_and_compare_shows_both(shards, tmp_path):
-    run_cli(tmp_path, "fit", *tiny_args(shards), "--trainer.logger.init_args.run_name", "first")
-    run_cli(tmp_path, "fit", *tiny_args(shards), "--trainer.logger.init_args.run_name", "second", "--model.init_args.net.init_args.d_model", "16")
-    run_cli(tmp_path, "fit", *tiny_args(shards), "--trainer.logger.init_args.run_name", "first", "--ckpt_path", "last", "--trainer.max_steps", "30")
+def test_runs_are_tracked_by_default_resume_by_name_and_compare(shards, tmp_path):
+    """With only the model, data and tiny configs: the default MLflow run and per-run checkpoint folder. A second
+    run; then the first resumed by its name to step 40: still two runs, its metric steps continue, its optimizer
+    state restored; ``runs compare`` shows both."""
+    run_cli(tmp_path, "fit", *tiny_args(shards, base=MINIMAL))
+    first = mlflow_runs(tmp_path)[1][0].info.run_name
+    run_cli(tmp_path, "fit", *tiny_args(shards, base=MINIMAL), "--trainer.logger.init_args.run_name", "second", "--model.init_args.net.init_args.d_model", "16")
+    run_cli(tmp_path, "fit", *tiny_args(shards, base=MINIMAL), "--trainer.logger.init_args.run_name", first, "--ckpt_path", "last", "--trainer.max_steps", "40")
     client, runs = mlflow_runs(tmp_path)
     by_name = {r.info.run_name: r for r in runs}
-    assert sorted(by_name) == ["first", "second"]
-    assert steps(client, by_name["first"], "train/loss/total") == [4, 9, 14, 19, 24, 29]
+    assert sorted(by_name) == sorted([first, "second"])
+    run = by_name[first]
+    assert steps(client, run, "train/loss/total") == [4, 9, 14, 19, 24, 29, 34, 39]
+    assert steps(client, run, "val/exp_mse") == [9, 19, 29, 39]
+    ckpt_dir = Path(run.data.tags["checkpoint/dir"])
+    assert ckpt_dir == tmp_path / "checkpoints" / "realtalk" / first
+    last = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    adam_steps = {int(s["step"]) for s in last["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {40} and last["global_step"] == 40  # a fresh optimizer would say 20
+    assert last["mlflow_run"]["run_id"] == run.info.run_id
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "config")]
+    assert "config/config.yaml" in artifacts and len(artifacts) == 2  # the first config and the resume's
+
     out = run_cli(tmp_path, "runs", "compare", "--metrics", "val/exp_mse", "train/loss/total", "--plot", "cmp.png").stdout
-    assert "first" in out and "second" in out and "model/net/d_model" in out  # the param that differs is shown
+    assert first in out and "second" in out and "model/net/d_model" in out  # the param that differs is shown
     png = (tmp_path / "cmp.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
-
-def test_a_run_name_with_checkpoints_is_not_silently_overwritten(shards, tmp_path):
-    run_cli(tmp_path, "fit", *tiny_args(shards), "--trainer.logger.init_args.run_name", "r", "--trainer.max_steps", "10")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "lightning_modules", "fit", *tiny_args(shards), "--trainer.logger.init_args.run_name", "r"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and "--ckpt_path last" in proc.stderr
+    # a new run under a name that has checkpoints is refused, never silently overwritten
+    assert "--ckpt_path last" in user_error(tmp_path, "fit", *tiny_args(shards), "--trainer.logger.init_args.run_name", "second")
+    assert len(mlflow_runs(tmp_path)[1]) == 2

@@ -12,19 +12,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import lightning as L
 import torch
 import yaml
-from torch.utils.data import DataLoader
 
 from lightning_modules.renderer.discriminator import PatchDiscriminator
 from lightning_modules.renderer.generator import FIARenderer
 from lightning_modules.renderer.loss import PerceptualLoss, RendererLoss
 from lightning_modules.renderer.module import RendererModule
+from lightning_modules.throughput import fit_rate
 from preprocess.bench import _cpu_name, _timed, format_table
 
 SHAPE_DIM, EXP_DIM = 9, 64  # the shipped face model's widths
@@ -55,31 +53,23 @@ def _inference(net: torch.nn.Module, batch: int, size: int, device: str, bf16: b
     return seconds
 
 
-class _StepTimer(L.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.batches = warmup, 0.0, 0
+def training_batches(batch: int, size: int, count: int) -> list[dict[str, torch.Tensor]]:
+    """``count`` renderer training batches of random frames (speed does not depend on the content)."""
+    data = [dict(zip(("source", "mask", "reference"), _inputs(batch, size, "cpu")[:3])) for _ in range(min(count, 4))]
+    for d in data:
+        d |= {"teeth": d["mask"], "shape": torch.zeros(batch, SHAPE_DIM), "exp": torch.zeros(batch, EXP_DIM), "pose": torch.zeros(batch, 6)}
+    return [data[i % len(data)] for i in range(count)]
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize()
-        self.batches += 1
-        if self.batches == self.warmup:
-            self.start = time.perf_counter()
+
+def paper_size_module(perceptual: PerceptualLoss) -> RendererModule:
+    """The paper-size renderer (blocks=2) with the default critic, the critic on from the first step."""
+    return RendererModule(FIARenderer(SHAPE_DIM, EXP_DIM), PatchDiscriminator(), RendererLoss(perceptual), disc_start_step=0)
 
 
 def _training(batch: int, size: int, steps: int, device: str, module: RendererModule | None = None, precision: str = "bf16-mixed") -> float:
     """Images per second of full GAN training steps (critic on); default the paper-size renderer in bf16-mixed."""
-    data = [dict(zip(("source", "mask", "reference"), _inputs(batch, size, "cpu")[:3])) for _ in range(4)]
-    for d in data:
-        d |= {"teeth": d["mask"], "shape": torch.zeros(batch, SHAPE_DIM), "exp": torch.zeros(batch, EXP_DIM), "pose": torch.zeros(batch, 6)}
-    if module is None:
-        module = RendererModule(FIARenderer(SHAPE_DIM, EXP_DIM), PatchDiscriminator(), RendererLoss(PerceptualLoss("vgg16")), disc_start_step=0)
-    timer = _StepTimer(warmup=3)
-    trainer = L.Trainer(accelerator=device, devices=1, precision=precision, max_steps=2 * (steps + timer.warmup), logger=False, callbacks=[timer],
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    loader = DataLoader(data * (steps + timer.warmup), batch_size=None)
-    trainer.fit(module, train_dataloaders=loader)
-    return (timer.batches - timer.warmup) * batch / (time.perf_counter() - timer.start)
+    module = module or paper_size_module(PerceptualLoss("vgg16"))
+    return fit_rate(module, training_batches(batch, size, steps + 3), batch, device, precision, warmup=3)[0]
 
 
 def perceptual_backbones(steps: int) -> list[list[str]]:
