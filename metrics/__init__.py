@@ -3,7 +3,7 @@
 - :mod:`metrics.landmark_distance`: LMD / M-LMD / F-LMD on dlib 68-point landmarks;
 - :mod:`metrics.identity_similarity`: CSIM on dlib's 128-d identity embeddings;
 - :mod:`metrics.image_quality`: PSNR and SSIM, whole crop and redrawn region;
-- :mod:`metrics.perceptual_similarity`: LPIPS (AlexNet weights from a path or the hub cache);
-- :mod:`metrics.frechet_distance`: FID (InceptionV3 from a path) and FD_effnet (offline);
+- :mod:`metrics.perceptual_similarity`: LPIPS (AlexNet or VGG16, weights from ``make weights`` or a path);
+- :mod:`metrics.frechet_distance`: FID (TF Inception from ``make weights``) and FD_effnet (pip-shipped weights);
 - :mod:`metrics.correlation`: the A2E lip-opening correlation.
 """
