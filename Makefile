@@ -38,7 +38,7 @@ lint: install ## ruff over the code and tests
 A2E_CONFIGS := --config configs/model/a2e.yaml --config configs/data/a2e.yaml --config configs/trainer/cpu.yaml
 RENDERER_CONFIGS := --config configs/model/renderer.yaml --config configs/data/renderer.yaml --config configs/trainer/cpu.yaml
 
-demo: install ## preprocess the bundled GRID samples, train A2E and the renderer on them (CPU, local MLflow), compare the runs, evaluate (Table 2)
+demo: install ## preprocess the bundled GRID samples, train A2E and the renderer on them (CPU, local MLflow), compare the runs, evaluate (Table 2), dub one clip with another's voice
 	$(PY) -m preprocess shard --config configs/preprocess/demo.yaml --overwrite true
 	$(PY) -m preprocess preview --shards sharded_data/demo --out sharded_data/demo/preview.png
 	$(PY) -m lightning_modules fit $(A2E_CONFIGS) --config configs/experiment/a2e_demo.yaml
@@ -46,7 +46,8 @@ demo: install ## preprocess the bundled GRID samples, train A2E and the renderer
 	$(PY) -m lightning_modules fit $(RENDERER_CONFIGS) --config configs/experiment/renderer_demo.yaml
 	$(PY) -m lightning_modules runs compare --experiment renderer-demo --metrics val/l1_mask val/psnr_mask val/loss/perceptual train/loss/l1 train/loss/critic
 	$(PY) -m lightning_modules evaluate --a2e checkpoints/a2e-demo --renderer checkpoints/renderer-demo --shards sharded_data/demo --split val test --out evaluation/demo --identity-every 5 --calibration
-	@echo "demo done: shards and plots in sharded_data/demo/, checkpoints and image grids in checkpoints/{a2e,renderer}-demo/, evaluation table and videos in evaluation/demo/, runs in mlruns/ (make mlflow-ui: experiment renderer-demo, metrics eval/*, artifacts eval/)"
+	$(PY) -m lightning_modules dub --video sharded_data/samples/bbaf2n.mpg --audio sharded_data/samples/lbax4n.mpg --a2e checkpoints/a2e-demo --renderer checkpoints/renderer-demo --out evaluation/demo/dub_bbaf2n_by_lbax4n.mp4 --mlflow
+	@echo "demo done: shards and plots in sharded_data/demo/, checkpoints and image grids in checkpoints/{a2e,renderer}-demo/, evaluation table and videos in evaluation/demo/, the dubbed clip evaluation/demo/dub_bbaf2n_by_lbax4n.mp4, runs in mlruns/ (make mlflow-ui: experiment renderer-demo, metrics eval/*, artifacts eval/)"
 
 mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 over the local database ./mlruns/mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port 5000
@@ -65,10 +66,11 @@ renderer-grid: install ## renderer GAN on the 8 GRID clips at 128 px (CPU-sized;
 	$(PY) -m lightning_modules fit $(RENDERER_CONFIGS) --config configs/experiment/renderer_grid_dev.yaml
 	$(PY) -m lightning_modules runs compare --experiment renderer-grid-dev --metrics val/l1_mask val/psnr_mask val/loss/perceptual train/loss/l1 train/loss/perceptual --plot docs/renderer_grid_runs.png
 
-bench: install ## preprocessing throughput, A2E and renderer inference latency/throughput (CPU, and CUDA when present)
+bench: install ## preprocessing throughput, A2E and renderer inference latency/throughput (CPU, and CUDA when present), dub/stream end to end (needs make demo's checkpoints)
 	$(PY) -m preprocess.bench
 	$(PY) -m lightning_modules.a2e.bench
 	$(PY) -m lightning_modules.renderer.bench $(RENDERER_BENCH_ARGS)
+	$(PY) -m lightning_modules.inference.bench
 
 # what the GPU image lacks and the check imports (KINDS.md of the device tool lists the image's packages);
 # the same versions as this venv, for the device's Python 3.12

@@ -205,6 +205,10 @@ def main(args: list[str] | None = None) -> None:
         from lightning_modules.evaluation.evaluate import main as evaluate_main
 
         return evaluate_main(argv[1:])
+    if argv and argv[0] in ("dub", "stream", "export"):
+        import importlib
+
+        sys.exit(importlib.import_module(f"lightning_modules.inference.{argv[0]}").main(argv[1:]))
     if argv and argv[0] == "runs":
         from lightning_modules.tracking.compare import main as runs_main
 

@@ -53,6 +53,9 @@ class AudioFeatureExtractor(Protocol):
     def __call__(self, samples: np.ndarray, num_frames: int) -> np.ndarray:
         """[2 * num_frames, dim] float16 features for ``num_frames`` video frames of 16 kHz audio."""
 
+    def encode(self, samples: np.ndarray) -> np.ndarray:
+        """About ``len(samples) // 320`` rows for one stretch of audio, encoded as a whole (no chunking)."""
+
 
 def _pad_to_frames(samples: np.ndarray, num_frames: int) -> np.ndarray:
     n = num_frames * SAMPLES_PER_FRAME
@@ -91,19 +94,21 @@ class MelFeatures:
     name = "mel"
     dim = 80
 
+    def encode(self, samples: np.ndarray) -> np.ndarray:
+        return log_mel(samples, hop=_HOP_50HZ, n_fft=2 * _HOP_50HZ).T.numpy()
+
     def __call__(self, samples: np.ndarray, num_frames: int) -> np.ndarray:
-        mel = log_mel(_pad_to_frames(samples, num_frames), hop=_HOP_50HZ, n_fft=2 * _HOP_50HZ)
-        return _fit_rows(mel.T.numpy(), ROWS_PER_FRAME * num_frames).astype(np.float16)
+        return _fit_rows(self.encode(_pad_to_frames(samples, num_frames)), ROWS_PER_FRAME * num_frames).astype(np.float16)
 
 
 class _Chunked:
-    """Runs ``self._encode(samples) -> [len // 320, dim]`` over long audio in overlapping chunks."""
+    """Runs ``self.encode(samples) -> [len // 320, dim]`` over long audio in overlapping chunks."""
 
     def __init__(self, cfg: AudioFeatureConfig) -> None:
         self.chunk = int(cfg.chunk_seconds * FEATURE_RATE)
         self.context = int(cfg.context_seconds * FEATURE_RATE)
 
-    def _encode(self, samples: np.ndarray) -> np.ndarray:
+    def encode(self, samples: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     @torch.inference_mode()
@@ -111,11 +116,11 @@ class _Chunked:
         audio = _pad_to_frames(samples, num_frames)
         rows = ROWS_PER_FRAME * num_frames
         if rows <= self.chunk + 2 * self.context:
-            return _fit_rows(self._encode(audio), rows).astype(np.float16)
+            return _fit_rows(self.encode(audio), rows).astype(np.float16)
         parts = []
         for r0 in range(0, rows, self.chunk):
             a0, a1 = max(0, r0 - self.context), min(rows, r0 + self.chunk + self.context)
-            feats = _fit_rows(self._encode(audio[a0 * _HOP_50HZ : a1 * _HOP_50HZ]), a1 - a0)
+            feats = _fit_rows(self.encode(audio[a0 * _HOP_50HZ : a1 * _HOP_50HZ]), a1 - a0)
             parts.append(feats[r0 - a0 : r0 - a0 + min(self.chunk, rows - r0)])
         return np.concatenate(parts).astype(np.float16)
 
@@ -172,7 +177,7 @@ class WhisperFeatures(_Chunked):
         self.dim = self.encoder.ln_post.normalized_shape[0]
         self.chunk = min(self.chunk, self.encoder.max_positions - 2 * self.context)
 
-    def _encode(self, samples: np.ndarray) -> np.ndarray:
+    def encode(self, samples: np.ndarray) -> np.ndarray:
         mel = log_mel(samples, hop=_HOP_50HZ // 2, n_fft=400)  # Whisper: 25 ms window, 10 ms hop
         return self.encoder(mel[None])[0].numpy()
 
@@ -196,7 +201,7 @@ class HubertFeatures(_Chunked):
         self.dim = self.model.config.hidden_size
         self.normalize = bool(getattr(self.model.config, "feat_extract_norm", "") == "layer")
 
-    def _encode(self, samples: np.ndarray) -> np.ndarray:
+    def encode(self, samples: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(samples)
         if self.normalize:  # large models were trained on zero-mean unit-variance audio
             x = (x - x.mean()) / (x.std() + 1e-7)
@@ -204,6 +209,56 @@ class HubertFeatures(_Chunked):
         x = torch.nn.functional.pad(x, (40, 40))[None]
         out = self.model(x, output_hidden_states=True)
         return out.hidden_states[self.layer][0].numpy()
+
+
+class StreamingFeatures:
+    """An extractor's rows computed as audio arrives, in fixed blocks, whatever size the pieces come in.
+
+    Block k (rows [kB, (k+1)B)) is encoded from the audio of rows [kB − L, (k+1)B + R): ``left``
+    rows of history (fewer at the start) and ``lookahead`` rows after it, so a row is final
+    ``lookahead`` + up to ``block`` rows after its audio arrived. The schedule depends only on the
+    row index, so any chunking of the same audio gives the same rows. Whisper's rows depend on
+    their position in the encoded stretch, so they differ from the whole-clip rows of the shards
+    (README "Dub a video" gives the measured gap); ``mel`` rows barely do.
+    """
+
+    def __init__(self, extractor: AudioFeatureExtractor, block: int = 20, left: int = 200, lookahead: int = 25) -> None:
+        if block < 2 or block % ROWS_PER_FRAME or left < 0 or lookahead < 0:
+            raise ValueError(f"need an even block >= 2 and left, lookahead >= 0 rows; got {block}, {left}, {lookahead}")
+        self.extractor, self.block, self.left, self.lookahead = extractor, block, left, lookahead
+        self.audio = np.zeros(0, np.float32)
+        self.rows_done = 0
+
+    @property
+    def latency_rows(self) -> int:
+        """Rows of audio that must follow a row before it is final, at most (block − 1 + lookahead)."""
+        return self.block - 1 + self.lookahead
+
+    def _encode_block(self, r0: int, r1: int, audio_rows: int) -> np.ndarray:
+        a0, a1 = max(0, r0 - self.left), min(audio_rows, r1 + self.lookahead)
+        segment = self.audio[a0 * _HOP_50HZ : a1 * _HOP_50HZ]
+        with torch.inference_mode():
+            rows = _fit_rows(np.asarray(self.extractor.encode(segment), np.float32), a1 - a0)
+        return rows[r0 - a0 : r1 - a0].astype(np.float16)
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Append 16 kHz mono samples; the rows that became final [n, dim] (n a multiple of ``block``)."""
+        self.audio = np.concatenate([self.audio, np.asarray(samples, np.float32)])
+        out = []
+        while (self.rows_done + self.block + self.lookahead) * _HOP_50HZ <= len(self.audio):
+            out.append(self._encode_block(self.rows_done, self.rows_done + self.block, len(self.audio) // _HOP_50HZ))
+            self.rows_done += self.block
+        return np.concatenate(out) if out else np.zeros((0, self.extractor.dim), np.float16)
+
+    def finish(self, total_rows: int) -> np.ndarray:
+        """The audio has ended: the remaining rows up to ``total_rows`` (the audio zero-padded to reach them)."""
+        self.audio = _pad_to_frames(self.audio, -(-total_rows // ROWS_PER_FRAME))
+        out = []
+        while self.rows_done < total_rows:
+            r1 = min(total_rows, self.rows_done + self.block)
+            out.append(self._encode_block(self.rows_done, r1, total_rows))
+            self.rows_done = r1
+        return np.concatenate(out) if out else np.zeros((0, self.extractor.dim), np.float16)
 
 
 def build_audio_features(cfg: AudioFeatureConfig) -> AudioFeatureExtractor:

@@ -185,24 +185,57 @@ def encode_mp4(frames: Sequence[np.ndarray], fps: int = VIDEO_FPS, crf: int = 18
     return buf.getvalue()
 
 
-def write_mp4(path: Path, frames: Sequence[np.ndarray], audio: np.ndarray | None = None, fps: int = VIDEO_FPS, rate: int = AUDIO_RATE, crf: int = 20) -> Path:
-    """A playable H.264 mp4 (yuv420p) with, when given, mono float ``audio`` muxed as AAC."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as c:
-        vs = c.add_stream("libx264", rate=Fraction(fps))
-        vs.height, vs.width = (d - d % 2 for d in frames[0].shape[:2])  # yuv420p needs even sides
-        vs.pix_fmt = "yuv420p"
-        vs.options = {"crf": str(crf), "preset": "veryfast"}
-        ast = c.add_stream("aac", rate=rate, layout="mono") if audio is not None else None
-        for f in frames:
-            c.mux(vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f[: vs.height, : vs.width]), format="rgb24")))
-        c.mux(vs.encode(None))
-        if ast is not None:
+class Mp4Writer:
+    """H.264 (yuv420p) + optional AAC mp4 written frame by frame, so long videos never sit in memory.
+
+    Sides are cut to even numbers (yuv420p needs them). Use as a context manager; ``audio``
+    (mono float at ``rate``) is muxed when the writer closes.
+    """
+
+    def __init__(self, path: Path, fps: int = VIDEO_FPS, crf: int = 20, preset: str = "veryfast", audio_rate: int = AUDIO_RATE, with_audio: bool = True) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(path), mode="w", format="mp4")
+        self.video = self.container.add_stream("libx264", rate=Fraction(fps))
+        self.video.pix_fmt = "yuv420p"
+        self.video.options = {"crf": str(crf), "preset": preset}
+        self.audio_rate = audio_rate
+        self.audio = self.container.add_stream("aac", rate=audio_rate, layout="mono") if with_audio else None
+        self.size: tuple[int, int] | None = None
+        self.frames = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        if self.size is None:
+            h, w = frame.shape[:2]
+            self.size = (h - h % 2, w - w % 2)
+            self.video.height, self.video.width = self.size
+        h, w = self.size
+        self.container.mux(self.video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24")))
+        self.frames += 1
+
+    def close(self, audio: np.ndarray | None = None) -> None:
+        self.container.mux(self.video.encode(None))
+        if self.audio is not None and audio is not None and len(audio):
             pcm = np.ascontiguousarray(np.clip(audio, -1, 1).astype(np.float32)[None])
             frame = av.AudioFrame.from_ndarray(pcm, format="flt", layout="mono")
-            frame.sample_rate = rate
-            c.mux(ast.encode(frame))
-            c.mux(ast.encode(None))
+            frame.sample_rate = self.audio_rate
+            self.container.mux(self.audio.encode(frame))
+            self.container.mux(self.audio.encode(None))
+        self.container.close()
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            self.container.close()
+
+
+def write_mp4(path: Path, frames: Sequence[np.ndarray], audio: np.ndarray | None = None, fps: int = VIDEO_FPS, rate: int = AUDIO_RATE, crf: int = 20) -> Path:
+    """A playable H.264 mp4 (yuv420p) with, when given, mono float ``audio`` muxed as AAC."""
+    with Mp4Writer(path, fps, crf, audio_rate=rate, with_audio=audio is not None) as w:
+        for f in frames:
+            w.write(f)
+        w.close(audio)
     return path
 
 

@@ -35,7 +35,7 @@ from datamodules.renderer_frames import scale_camera, to_images, valid_frames
 from lightning_modules.a2e.inference import predict_expressions
 from lightning_modules.a2e.module import A2EModule
 from lightning_modules.evaluation.table_metrics import COLUMNS, LOWER_IS_BETTER, METRICS, SettingMetrics, default_metrics
-from lightning_modules.renderer.generator import blend, coefficient_vector
+from lightning_modules.inference.compose import redraw
 from lightning_modules.renderer.module import RendererModule
 from lightning_modules.tracking.checkpoints import load_module, resolve_checkpoint, run_of_checkpoint
 from metrics.arcface import ArcFaceIdentity
@@ -133,8 +133,7 @@ def generate(system: System, video: dict[str, Any], audio: dict[str, Any], batch
     """Yield (first frame, generated crops, true crops, masks, seconds) for ``video`` driven by ``audio``.
 
     Crops are [n, 3, crop, crop] in [0, 1]: the renderer's output upsampled to the crop size and
-    pasted into the true crop under the mask. The mask is the union of the masks of the fitted
-    and the predicted expression, so neither the old mouth shows through nor the new one is cut.
+    pasted into the true crop under the mask (see :func:`~lightning_modules.inference.compose.redraw`).
     """
     a2e, renderer, data = system.a2e, system.renderer, system.data
     c, crop, size = video["coeffs"], int(video["meta"]["crop_size"]), data.hparams.image_size
@@ -157,10 +156,8 @@ def generate(system: System, video: dict[str, Any], audio: dict[str, Any], batch
         exp = exp_pred[idx]
         sync(device)
         start = time.perf_counter()
-        mask = torch.maximum(data.masker(shape, exp, pose, camera, size)[0], data.masker(shape, as_t(c["exp"][idx]), pose, camera, size)[0])
         source = to_images(video["frames"][idx], size).to(device)
-        out = renderer.net(source * (1 - mask), mask, reference.expand(len(idx), -1, -1, -1), coefficient_vector(shape, exp, pose))
-        out = blend(source, out.float(), mask)
+        out, mask = redraw(renderer.net, data.masker, source, reference, shape, exp, as_t(c["exp"][idx]), pose, camera)
         sync(device)
         seconds = time.perf_counter() - start + a2e_seconds * len(idx) / frames
         real = unit_frames(video["frames"][idx])

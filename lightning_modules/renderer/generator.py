@@ -179,8 +179,23 @@ class FIARenderer(nn.Module):
         b = source_masked.shape[0]
         inputs = torch.cat([torch.cat([source_masked, mask], 1), torch.cat([reference, torch.zeros_like(mask)], 1)])
         feats = self.encoder(inputs)
-        src = [f[:b] for f in feats]
-        ref = [f[b:] for f in feats]
+        return self.decode([f[:b] for f in feats], [f[b:] for f in feats], coeffs)
+
+    def encode_reference(self, reference: torch.Tensor) -> list[torch.Tensor]:
+        """The reference's encoder features (stem, 1/2, …): fixed for a whole video, so a runtime computes them once.
+
+        GroupNorm and convolutions treat every image alone, so encoding the reference apart from
+        the sources gives what :meth:`forward`'s joint pass gives (up to float rounding).
+        """
+        return self.encoder(torch.cat([reference, reference.new_zeros(reference.shape[0], 1, *reference.shape[2:])], 1))
+
+    def render(self, source_masked: torch.Tensor, mask: torch.Tensor, reference_features: list[torch.Tensor], coeffs: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with the reference already encoded (features of one image are broadcast to the batch)."""
+        b = source_masked.shape[0]
+        src = self.encoder(torch.cat([source_masked, mask], 1))
+        return self.decode(src, [f.expand(b, -1, -1, -1) for f in reference_features], coeffs)
+
+    def decode(self, src: list[torch.Tensor], ref: list[torch.Tensor], coeffs: torch.Tensor) -> torch.Tensor:
         x = src[-1]
         for i, stage in enumerate(self.stages):
             level = len(self.stages) - i  # encoder feature index of this stage's scale
