@@ -88,27 +88,29 @@ def _face_model(path: str | None, file: Path) -> FaceModel:
         raise CheckpointError(f"{file} was trained with face model {path}, which is not on this machine") from e
 
 
-def load_a2e(path: str | Path) -> A2ENetwork:
+def _load(path: str | Path, cls: type[nn.Module], needs: str, stage: str) -> tuple[Path, dict[str, Any], dict[str, Any], nn.Module, FaceModel]:
+    """(file, module hparams, data hparams, network, face model) of one stage's checkpoint."""
     file, ckpt = read_checkpoint(path)
     hp, data = ckpt.get("hyper_parameters", {}), ckpt.get("datamodule_hyper_parameters") or {}
-    net = build_network(ckpt, "net", A2ETransformer, file)
-    if "audio_features" not in data:
-        raise CheckpointError(f"{file} does not record its audio features; pass an A2E checkpoint written by `fit` with the A2E data config")
+    net = build_network(ckpt, "net", cls, file)
+    if needs not in data:
+        raise CheckpointError(f"{file} does not record its {needs}; pass {stage} checkpoint written by `fit` with its data config")
+    return file, hp, data, net, _face_model(hp.get("face_model"), file)
+
+
+def load_a2e(path: str | Path) -> A2ENetwork:
+    file, hp, data, net, face_model = _load(path, A2ETransformer, "audio_features", "an A2E")
     window = int(hp.get("window", data.get("window", 16)))
     overlap = hp.get("inference_overlap")
     return A2ENetwork(net, window, int(window // 2 if overlap is None else overlap), int(hp.get("num_history", 16)),
-                      str(data["audio_features"]), _face_model(hp.get("face_model"), file), file)
+                      str(data["audio_features"]), face_model, file)
 
 
 def load_renderer(path: str | Path) -> RendererNetwork:
-    file, ckpt = read_checkpoint(path)
-    hp, data = ckpt.get("hyper_parameters", {}), ckpt.get("datamodule_hyper_parameters") or {}
-    net = build_network(ckpt, "net", FIARenderer, file)
-    if "image_size" not in data:
-        raise CheckpointError(f"{file} does not record its image size; pass a renderer checkpoint written by `fit` with the renderer data config")
+    file, hp, data, net, face_model = _load(path, FIARenderer, "image_size", "a renderer")
     mask = {"kind": data.get("mask", "learnable"), "dilation": data.get("mask_dilation", 0.03),
             "feather": data.get("mask_feather", 0.01), "neck": data.get("mask_neck", True)}
-    return RendererNetwork(net, int(data["image_size"]), mask, _face_model(hp.get("face_model"), file), file)
+    return RendererNetwork(net, int(data["image_size"]), mask, face_model, file)
 
 
 def load_pair(a2e_path: str | Path, renderer_path: str | Path) -> tuple[A2ENetwork, RendererNetwork]:
