@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install weights gpu-wheels gpu-check test test-full lint demo bench face-model figures mlflow-ui a2e-grid renderer-grid clean
+.PHONY: help install weights gpu-wheels gpu-check test test-full lint demo bench face-model figures mlflow-ui a2e-grid renderer-grid a2e-corpus corpus-shards clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -60,6 +60,22 @@ a2e-grid: install ## A2E with/without priors on the 8 GRID clips of ../shared/da
 	    --trainer.logger.init_args.run_name priors-$$3-$$(date +%H%M%S) || exit 1; done
 	$(PY) -m lightning_modules.a2e.linear_baseline --shards sharded_data/grid_dev
 	$(PY) -m lightning_modules runs compare --experiment a2e-grid-dev --metrics val/exp_mse val/exp_mse_clip_mean val/exp_mse_history_mean val/mouth_vertex_mm val/mouth_vertex_mm_clip_mean val/lip_open_corr --plot docs/a2e_grid_runs.png
+
+CORPUS ?= ../shared/data/talking
+CORPUS_SPEAKERS ?= $(CORPUS)/MANIFEST.tsv
+CORPUS_ARGS := --root $(CORPUS) --speakers.path $(CORPUS_SPEAKERS)
+CORPUS_A2E_STEPS ?= 1500
+
+corpus-shards: install ## shard a talking-face corpus (CORPUS, default ../shared/data/talking; speakers from CORPUS_SPEAKERS) with a face model built from its training identities
+	@test -d "$(CORPUS)" && test -f "$(CORPUS_SPEAKERS)" || { echo "no corpus at CORPUS=$(CORPUS) with CORPUS_SPEAKERS=$(CORPUS_SPEAKERS): point CORPUS at a folder of talking-face videos and CORPUS_SPEAKERS at a TSV with columns 'file' and 'identity_guess' (one identity label per clip)"; exit 2; }
+	$(PY) -m preprocess build-face-model --config configs/preprocess/talking_face_model.yaml $(CORPUS_ARGS)
+	$(PY) -m preprocess shard --config configs/preprocess/talking.yaml $(CORPUS_ARGS) --face_model sharded_data/talking_face_model.npz --progress false
+	$(PY) -m preprocess.shard_report --shards sharded_data/talking
+
+a2e-corpus: corpus-shards ## the default A2E on the corpus end to end: shards -> fit -> the Table-5 row on the validation speakers beside the history-mean and clip-mean predictors
+	$(PY) -m lightning_modules fit $(A2E_CONFIGS) --config configs/experiment/a2e_corpus.yaml --trainer.max_steps $(CORPUS_A2E_STEPS) \
+	  --trainer.logger.init_args.run_name default-$$(date +%Y%m%d-%H%M%S)
+	$(PY) -m lightning_modules.a2e.table5 --experiment a2e-corpus --last 1
 
 renderer-grid: install ## renderer GAN on the 8 GRID clips at 128 px (CPU-sized; image grids and loss curves in MLflow)
 	$(PY) -m preprocess shard --config configs/preprocess/grid_dev.yaml

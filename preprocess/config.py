@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from preprocess.audio_features import AudioFeatureConfig
-from preprocess.datasets import SplitConfig
+from preprocess.datasets import SpeakerMapConfig, SplitConfig
 from preprocess.face_fit import FitConfig
 from preprocess.face_track import CropConfig, TrackConfig
 
@@ -71,6 +71,7 @@ class ShardJob:
     fit: FitConfig = field(default_factory=FitConfig)
     audio: AudioFeatureConfig = field(default_factory=AudioFeatureConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    speakers: SpeakerMapConfig = field(default_factory=SpeakerMapConfig)
 
     def processing_hash(self, face_model_name: str) -> str:
         """Hash of everything that changes a sample's content (not paths, workers or limits)."""
@@ -95,12 +96,14 @@ class BuildFaceModelJob:
     """Output .npz."""
     exclude: list[str] = field(default_factory=list)
     """Clip keys containing any of these strings are left out (e.g. held-out test speakers)."""
+    splits: list[str] | None = None
+    """Use only clips of these splits (e.g. ``[train]``: the validation speakers never shape the model); None = all."""
     limit: int | None = None
     """Use at most this many clips (after a seeded shuffle)."""
     frames_per_video: int = 100
     """Frames kept per clip, evenly spaced (bounds memory on large corpora)."""
     n_shape: int = 80
-    """Identity components (at most videos - 1)."""
+    """Identity components (at most speakers - 1, or 2 × speakers - 1 mirrored): clips of one speaker are one identity."""
     n_exp: int = 64
     """Expression components."""
     mirror: bool = True
@@ -118,6 +121,8 @@ class BuildFaceModelJob:
     seed: int = 0
     """Shuffle before ``limit``."""
     track: TrackConfig = field(default_factory=TrackConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    speakers: SpeakerMapConfig = field(default_factory=SpeakerMapConfig)
 
 
 @dataclass

@@ -6,7 +6,9 @@
   ``<root>/M003/audio/<emotion>/level_<k>/001.m4a``.
 - ``hdtf``: cut clips ``{RD,WDA,WRA}_<Name>_<k>.mp4``, or full videos plus
   ``<SRC>_annotion_time.txt`` lines ``Name.mp4 mm:ss-mm:ss ...`` to cut them.
-- ``folder``: any tree of videos; speaker = parent folder name unless fixed.
+- ``folder``: any tree of media files; speaker = parent folder name, one fixed name, or a column
+  of a table (``speakers.path``, e.g. a corpus manifest). Every file is offered to PyAV (no fixed
+  list of video extensions): one it cannot open becomes a line of ``failures.jsonl``.
 
 Speakers not assigned by the dataset are split by a hash of their name, so every rank and
 every rerun agrees on the split without coordination.
@@ -18,7 +20,7 @@ import csv
 import hashlib
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +28,11 @@ from preprocess.errors import ConfigError
 from preprocess.schema import make_key
 
 VIDEO_EXTS = (".mp4", ".mpg", ".mpeg", ".mov", ".mkv", ".webm", ".avi")
+NOT_MEDIA_EXTS = frozenset(
+    ".txt .tsv .csv .json .jsonl .md .rst .yaml .yml .toml .ini .py .sh .html .pdf .npz .npy .pkl .pt .ckpt .safetensors .log "
+    ".zip .tar .gz .tgz .bz2 .xz .7z .png .jpg .jpeg .gif .bmp .webp .srt .vtt .ass .lab .textgrid .sha256 .md5".split()
+)
+"""What a ``folder`` dataset does not offer to the decoder: documents, tables, archives, stills, subtitles, checksums."""
 HDTF_SOURCES = ("RD", "WDA", "WRA")
 
 
@@ -57,10 +64,16 @@ class SplitConfig:
     """Speakers always in val."""
     test_speakers: list[str] = field(default_factory=list)
     """Speakers always in test."""
+    min_val_speakers: int = 0
+    """At least this many speakers in val: train speakers with the highest hash move there (still a fixed rule of the names)."""
     force: Literal["train", "val", "test"] | None = None
     """Put every clip in this split (e.g. HDTF, an evaluation set)."""
     seed: int = 0
     """Salt of the speaker hash."""
+
+
+def _speaker_hash(speaker: str, cfg: SplitConfig) -> float:
+    return int(hashlib.sha1(f"{cfg.seed}:{speaker}".encode()).hexdigest()[:8], 16) / 2**32
 
 
 def speaker_split(speaker: str, cfg: SplitConfig, given: str | None = None) -> str:
@@ -72,7 +85,7 @@ def speaker_split(speaker: str, cfg: SplitConfig, given: str | None = None) -> s
         return "val"
     if given in ("test", "val"):
         return given
-    u = int(hashlib.sha1(f"{cfg.seed}:{speaker}".encode()).hexdigest()[:8], 16) / 2**32
+    u = _speaker_hash(speaker, cfg)
     if given is None and u < cfg.test_fraction:
         return "test"
     if u >= 1.0 - cfg.val_fraction:
@@ -80,16 +93,58 @@ def speaker_split(speaker: str, cfg: SplitConfig, given: str | None = None) -> s
     return given or "train"
 
 
+@dataclass
+class SpeakerMapConfig:
+    """``folder``: speakers read from a table (e.g. a corpus manifest) instead of parent folder names."""
+
+    path: Path | None = None
+    """Tab- or comma-separated file with a header row (None = speakers from folders)."""
+    file_column: str = "file"
+    """Column holding the file name (or the path relative to the root)."""
+    speaker_column: str = "speaker"
+    """Column holding the speaker (identity) label; files of one person share it."""
+
+
+def read_speaker_map(cfg: SpeakerMapConfig) -> dict[str, str] | None:
+    """File name (or relative path) -> speaker, from ``cfg.path``; None when no table is given."""
+    if cfg.path is None:
+        return None
+    if not Path(cfg.path).is_file():
+        raise ConfigError(f"speakers.path: no such file {cfg.path}")
+    with open(cfg.path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t" if Path(cfg.path).suffix.lower() in (".tsv", ".tab") else ","))
+    if not rows or cfg.file_column not in rows[0] or cfg.speaker_column not in rows[0]:
+        header = list(rows[0]) if rows else []
+        raise ConfigError(f"{cfg.path}: needs columns {cfg.file_column!r} and {cfg.speaker_column!r} (set speakers.file_column / "
+                          f"speakers.speaker_column); its header is {header}")
+    return {r[cfg.file_column].strip(): r[cfg.speaker_column].strip() for r in rows if r[cfg.file_column] and r[cfg.speaker_column]}
+
+
 def _videos(root: Path) -> list[Path]:
+    """Video files by extension (the fixed layouts name their videos .mp4 anyway)."""
     # broken symlinks are kept: they become "unreadable path" failures, not silent gaps
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTS and (p.is_file() or p.is_symlink()))
 
 
-def folder_clips(root: Path, split: SplitConfig, speaker: str | None = None, name: str = "folder") -> list[Clip]:
-    """Speaker = the video's parent folder; a video lying directly in ``root`` is its own speaker."""
+def _media_files(root: Path) -> list[Path]:
+    """Every file that might be media: what PyAV cannot open becomes a ledger line, never silence."""
+    return sorted(
+        p for p in root.rglob("*")
+        if (p.is_file() or p.is_symlink()) and p.suffix.lower() not in NOT_MEDIA_EXTS and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def folder_clips(root: Path, split: SplitConfig, speaker: str | None = None, name: str = "folder", speakers: dict[str, str] | None = None) -> list[Clip]:
+    """Speaker = ``speakers[file]`` when a table is given, else the parent folder; a file lying directly in ``root`` is its own speaker."""
     out = []
-    for p in _videos(root):
+    for p in _media_files(root):
         rel = p.relative_to(root).with_suffix("")
+        mapped = speakers.get(str(p.relative_to(root)), speakers.get(p.name)) if speakers else None
+        if mapped:
+            spk = mapped
+            key = make_key(name, spk, "-".join(rel.parts))
+            out.append(Clip(key, name, spk, "-".join(rel.parts), 0, speaker_split(spk, split), str(p)))
+            continue
         spk = speaker or (rel.parts[-2] if len(rel.parts) > 1 else rel.parts[-1])
         video = "-".join(rel.parts)
         key = make_key(name, video) if video == spk else make_key(name, spk, "-".join(rel.parts[-1:]) if speaker is None else video)
@@ -163,8 +218,18 @@ def hdtf_clips(root: Path, split: SplitConfig) -> list[Clip]:
     return out
 
 
+def _ensure_val_speakers(clips: list[Clip], cfg: SplitConfig) -> list[Clip]:
+    """Move whole train speakers (highest hash first) to val until ``cfg.min_val_speakers`` speakers are there."""
+    val = {c.speaker for c in clips if c.split == "val"}
+    if cfg.force or len(val) >= cfg.min_val_speakers:
+        return clips
+    train = sorted({c.speaker for c in clips if c.split == "train"}, key=lambda s: -_speaker_hash(s, cfg))
+    moved = set(train[: cfg.min_val_speakers - len(val)])
+    return [replace(c, split="val") if c.speaker in moved else c for c in clips]
+
+
 def list_clips(dataset: str, root: Path | None, split: SplitConfig, meta_csv: Path | None = None, audio_root: Path | None = None,
-               mead_view: str = "front", speaker: str | None = None) -> list[Clip]:
+               mead_view: str = "front", speaker: str | None = None, speakers: dict[str, str] | None = None) -> list[Clip]:
     """Every clip of a dataset root, sorted by key (the same list on every rank and rerun)."""
     if root is None:
         raise ConfigError("no dataset root given: pass --root DIR (or set root: in the --config YAML)")
@@ -177,9 +242,10 @@ def list_clips(dataset: str, root: Path | None, split: SplitConfig, meta_csv: Pa
     elif dataset == "hdtf":
         clips = hdtf_clips(root, split)
     elif dataset == "folder":
-        clips = folder_clips(root, split, speaker)
+        clips = folder_clips(root, split, speaker, speakers=speakers)
     else:
         raise ConfigError(f"unknown dataset {dataset!r}: choose voxceleb1, mead, hdtf or folder")
+    clips = _ensure_val_speakers(clips, split)
     dupes = {k for k, n in Counter(c.key for c in clips).items() if n > 1}
     if dupes:
         raise ConfigError(f"{len(dupes)} clips map to the same key (e.g. {sorted(dupes)[0]}): file names differ only in characters keys drop")

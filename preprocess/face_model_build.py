@@ -190,17 +190,18 @@ def run_build(job: BuildFaceModelJob) -> int:
 
     from tqdm import tqdm
 
-    from preprocess.datasets import SplitConfig, list_clips
+    from preprocess.datasets import list_clips, read_speaker_map
     from preprocess.errors import ClipError
     from preprocess.face_track import track_face
     from preprocess.landmarks import FaceLandmarker
     from preprocess.media import iter_frames, probe
 
-    clips = [c for c in list_clips(job.dataset, job.root, SplitConfig(), job.meta_csv, None, job.mead_view)
-             if not any(x in c.key for x in job.exclude)]
+    clips = [c for c in list_clips(job.dataset, job.root, job.split, job.meta_csv, None, job.mead_view, speakers=read_speaker_map(job.speakers))
+             if not any(x in c.key for x in job.exclude) and (job.splits is None or c.split in job.splits)]
     random.Random(job.seed).shuffle(clips)
     clips = clips[: job.limit] if job.limit else clips
-    videos, used = [], []
+    by_speaker: dict[str, list[np.ndarray]] = {}  # one identity per speaker, however many clips it has
+    used = []
     with FaceLandmarker(job.landmarker_task, max_faces=1) as lm:
         for clip in tqdm(clips, unit="clip", desc="landmarks"):
             try:
@@ -213,9 +214,11 @@ def run_build(job: BuildFaceModelJob) -> int:
                 continue
             lmk = np.concatenate([s.landmarks[s.valid] for s in track.segments])
             keep = np.linspace(0, len(lmk) - 1, min(len(lmk), job.frames_per_video)).round().astype(int)
-            videos.append(lmk[keep])
+            by_speaker.setdefault(clip.speaker, []).append(lmk[keep])
             used.append(clip.key)
-    info_text = f"built from {len(videos)} clips ({sum(len(v) for v in videos)} frames) of {job.dataset} at {job.root}: {', '.join(used[:20])}"
+    videos = [np.concatenate(v) for v in by_speaker.values()]
+    info_text = (f"built from {len(used)} clips of {len(videos)} speakers ({sum(len(v) for v in videos)} frames) of {job.dataset} at {job.root}: "
+                 f"{', '.join(used[:20])}")
     model = build_face_model(videos, job.n_shape, job.n_exp, job.name, job.version, info_text, job.mirror)
     job.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(job.out, **model)

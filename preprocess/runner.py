@@ -16,7 +16,7 @@ from typing import Iterator
 from tqdm import tqdm
 
 from preprocess.config import ShardJob
-from preprocess.datasets import Clip, list_clips
+from preprocess.datasets import Clip, list_clips, read_speaker_map
 from preprocess.errors import ClipError, ConfigError
 from preprocess.face_model import FaceModel
 from preprocess.shard_writer import ShardInfo, SplitShardWriter, scan_shards
@@ -118,7 +118,7 @@ def _results(job: ShardJob, todo: list[Clip]) -> Iterator:
 
 def run_shard(job: ShardJob) -> int:
     rank, world = rank_and_world()
-    clips = list_clips(job.dataset, job.root, job.split, job.meta_csv, job.audio_root, job.mead_view, job.speaker)
+    clips = list_clips(job.dataset, job.root, job.split, job.meta_csv, job.audio_root, job.mead_view, job.speaker, read_speaker_map(job.speakers))
     random.Random(job.seed).shuffle(clips)  # mixes speakers across shards; same order on every rank
     if job.limit is not None:
         clips = clips[: job.limit]

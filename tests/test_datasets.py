@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from preprocess.datasets import SplitConfig, list_clips, speaker_split
+from preprocess.datasets import SpeakerMapConfig, SplitConfig, list_clips, read_speaker_map, speaker_split
 from preprocess.errors import ConfigError
 
 
@@ -61,6 +61,36 @@ def test_folder_speakers_and_keys(tmp_path: Path) -> None:
     assert all("." not in k for k in by_key)
     fixed = list_clips("folder", tmp_path, SplitConfig(), speaker="one")
     assert {c.speaker for c in fixed} == {"one"}
+
+
+def test_folder_offers_every_container_and_skips_only_documents(tmp_path: Path) -> None:
+    """.flv, .ts, .m2ts or no extension at all go to the decoder (what it cannot read is a ledger line); tables and notes do not."""
+    _touch(tmp_path, "a/one.flv", "a/two.ts", "a/three", "a/four.m2ts", "MANIFEST.tsv", "README.md", "a/still.png", ".hidden/x.mp4")
+    keys = {c.key for c in list_clips("folder", tmp_path, SplitConfig())}
+    assert keys == {"folder_a_one", "folder_a_two", "folder_a_three", "folder_a_four"}
+
+
+def test_speakers_from_a_manifest_table(tmp_path: Path) -> None:
+    _touch(tmp_path, "x1.mp4", "x2.flv", "y1.mov", "loose.mp4")
+    table = tmp_path / "MANIFEST.tsv"
+    table.write_text("file\tidentity_guess\tnotes\nx1.mp4\tanna\t\nx2.flv\tanna\t\ny1.mov\tben\t3/4 view\n")
+    speakers = read_speaker_map(SpeakerMapConfig(table, "file", "identity_guess"))
+    clips = {c.path.rsplit("/", 1)[-1]: c for c in list_clips("folder", tmp_path, SplitConfig(), speakers=speakers)}
+    assert clips["x1.mp4"].speaker == clips["x2.flv"].speaker == "anna" and clips["y1.mov"].speaker == "ben"
+    assert clips["loose.mp4"].speaker == "loose"  # not in the table: the folder rule
+    assert clips["x1.mp4"].split == clips["x2.flv"].split
+    with pytest.raises(ConfigError, match="needs columns 'file' and 'speaker'"):
+        read_speaker_map(SpeakerMapConfig(table))
+
+
+def test_min_val_speakers_moves_whole_speakers_by_a_fixed_rule(tmp_path: Path) -> None:
+    _touch(tmp_path, *(f"spk{i:02d}/clip{j}.mp4" for i in range(30) for j in range(2)))
+    cfg = SplitConfig(val_fraction=0.0, test_fraction=0.0, min_val_speakers=8)
+    clips = list_clips("folder", tmp_path, cfg)
+    val = {c.speaker for c in clips if c.split == "val"}
+    assert len(val) == 8
+    assert all(c.split == "val" for c in clips if c.speaker in val)  # both clips of a val speaker
+    assert val == {c.speaker for c in list_clips("folder", tmp_path, cfg) if c.split == "val"}
 
 
 def test_speaker_split_is_deterministic_and_speaker_level() -> None:

@@ -50,7 +50,7 @@ class ExpressionStream:
         self.net, self.shape, self.history = net, shape, history
         self.window, self.hop, self.overlap, self.max_batch = window, window - overlap, overlap, max_batch
         self.weights = blend_weights(window, overlap).to(shape.device)[:, None]
-        self.rows = shape.new_zeros(0, net.audio_embed.in_features)
+        self.rows = shape.new_zeros(0, 0)  # takes the features' width on the first push
         self.total = shape.new_zeros(0, net.head.out_features)
         self.norm = shape.new_zeros(0, 1)
         self.next_start = 0  # first window not yet run
@@ -87,7 +87,8 @@ class ExpressionStream:
 
     def push(self, rows: torch.Tensor) -> torch.Tensor:
         """Append audio feature rows [2k, audio_dim]; β̂ [n, exp_dim] of the frames that became final."""
-        self.rows = torch.cat([self.rows, rows.to(self.rows)])
+        rows = rows.to(self.rows)
+        self.rows = torch.cat([self.rows, rows]) if len(self.rows) else rows
         starts = []
         while 2 * (self.next_start + self.window) <= len(self.rows):
             starts.append(self.next_start)

@@ -31,6 +31,7 @@ class A2EEvalMetrics(StageMetrics):
         self.exp_mse_history_mean = MeanMetric()  # trivial predictor available at inference: the history's mean
         self.mouth_vertex_mm = MeanMetric()  # mean distance of the mouth vertices, face-model millimetres
         self.mouth_vertex_mm_clip_mean = MeanMetric()  # the same for the clip-mean predictor
+        self.mouth_vertex_mm_history_mean = MeanMetric()  # and for the history-mean predictor
         self.lip_open_corr = PearsonFromSums()  # predicted vs true inner-lip opening over time
 
 
@@ -98,8 +99,10 @@ class A2EModule(L.LightningModule):
             pred_v = fm.vertices(batch["shape"], pred)
             true_v = fm.vertices(batch["shape"], batch["exp"])
             mean_v = fm.vertices(batch["shape"], batch["exp_mean"][:, None].expand_as(pred))
+            hist_v = fm.vertices(batch["shape"], batch["history"].mean(1, keepdim=True).expand_as(pred))
             m.mouth_vertex_mm.update((pred_v[..., mouth, :] - true_v[..., mouth, :]).norm(dim=-1).mean(-1), mask)
             m.mouth_vertex_mm_clip_mean.update((mean_v[..., mouth, :] - true_v[..., mouth, :]).norm(dim=-1).mean(-1), mask)
+            m.mouth_vertex_mm_history_mean.update((hist_v[..., mouth, :] - true_v[..., mouth, :]).norm(dim=-1).mean(-1), mask)
             m.lip_open_corr.update(fm.mouth_opening(pred_v), fm.mouth_opening(true_v), mask)
         m.log_to(self, stage, bs)
 

@@ -1,0 +1,73 @@
+"""``python -m lightning_modules.a2e.table5 --experiment NAME``: the paper's Table 5 from MLflow runs.
+
+Groups an experiment's finished A2E runs by their ablation switches (``use_shape`` × ``use_history``)
+and prints, per group, mean ± standard deviation over its runs (seeds) of the last validation
+values: expression MSE, mouth-vertex error (mm) and lip-opening correlation; beside them the two
+predictors that need no training, on the same windows: the history mean (available at inference)
+and the clip mean (an oracle: it knows the clip's average expression).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from lightning_modules.tracking.compare import _client
+
+METRICS = {
+    "expression MSE": "val/exp_mse",
+    "mouth vertex mm": "val/mouth_vertex_mm",
+    "lip-opening r": "val/lip_open_corr",
+}
+BASELINES = {
+    "history mean": {"expression MSE": "val/exp_mse_history_mean", "mouth vertex mm": "val/mouth_vertex_mm_history_mean"},
+    "clip mean (oracle)": {"expression MSE": "val/exp_mse_clip_mean", "mouth vertex mm": "val/mouth_vertex_mm_clip_mean"},
+}
+SWITCHES = ("model/net/use_shape", "model/net/use_history")
+VARIANT = {("False", "False"): "none", ("True", "False"): "shape", ("False", "True"): "history", ("True", "True"): "both"}
+
+
+def cell(values: list[float]) -> str:
+    v = [x for x in values if x is not None and not np.isnan(x)]
+    if not v:
+        return "—"
+    return f"{np.mean(v):.3f}" + (f" ± {np.std(v, ddof=1):.3f}" if len(v) > 1 else "")
+
+
+def table(experiment: str, tracking_uri: str | None = None, last: int | None = None) -> str:
+    client = _client(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise SystemExit(f"error: no MLflow experiment named {experiment!r}")
+    runs = [r for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"]) if r.info.status == "FINISHED"]
+    runs = runs[:last] if last else runs
+    if not runs:
+        raise SystemExit(f"error: no finished run in {experiment!r}")
+    groups: dict[str, list] = defaultdict(list)
+    for r in runs:
+        groups[VARIANT.get(tuple(r.data.params.get(k, "True") for k in SWITCHES), "?")].append(r)
+    header = ["predictor", "runs", *METRICS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in ("none", "shape", "history", "both", "?"):
+        if name in groups:
+            rs = groups[name]
+            lines.append(f"| A2E, priors: {name} | {len(rs)} | " + " | ".join(cell([r.data.metrics.get(k) for r in rs]) for k in METRICS.values()) + " |")
+    for name, keys in BASELINES.items():
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cell([r.data.metrics.get(keys[c]) for r in runs]) if c in keys else "—" for c in METRICS) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m lightning_modules.a2e.table5", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiment", required=True, help="MLflow experiment of the A2E runs (e.g. a2e-corpus)")
+    p.add_argument("--last", type=int, help="only the newest N finished runs")
+    p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or the local sqlite database")
+    args = p.parse_args(argv)
+    print(table(args.experiment, args.tracking_uri, args.last))
+
+
+if __name__ == "__main__":
+    main()
