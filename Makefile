@@ -64,7 +64,7 @@ a2e-grid: install ## A2E with/without priors on the 8 GRID clips of ../shared/da
 CORPUS ?= ../shared/data/talking
 CORPUS_SPEAKERS ?= $(CORPUS)/MANIFEST.tsv
 CORPUS_ARGS := --root $(CORPUS) --speakers.path $(CORPUS_SPEAKERS)
-CORPUS_A2E_STEPS ?= 1500
+CORPUS_A2E_STEPS ?= 1000
 
 corpus-shards: install ## shard a talking-face corpus (CORPUS, default ../shared/data/talking; speakers from CORPUS_SPEAKERS) with a face model built from its training identities
 	@test -d "$(CORPUS)" && test -f "$(CORPUS_SPEAKERS)" || { echo "no corpus at CORPUS=$(CORPUS) with CORPUS_SPEAKERS=$(CORPUS_SPEAKERS): point CORPUS at a folder of talking-face videos and CORPUS_SPEAKERS at a TSV with columns 'file' and 'identity_guess' (one identity label per clip)"; exit 2; }

@@ -66,11 +66,6 @@ def load_voice(path: str | Path) -> np.ndarray:
     return samples
 
 
-def frames_needed(audio_frames: int, keep_tail: bool) -> int | None:
-    """Video frames to decode: up to the end of the audio, or all of them (for the tail)."""
-    return None if keep_tail else audio_frames
-
-
 def dub_one(video: str | Path, audio: str | Path, out: str | Path, a2e: A2ENetwork, renderer: RendererNetwork, *, loop: str = "ping-pong",
             keep_tail: bool = False, features: str = "whole", device: str = "cpu", batch: int = 8, crf: int = 18,
             cache_dir: Path | None = None, avatar: Avatar | None = None, progress: bool = True,
@@ -83,7 +78,7 @@ def dub_one(video: str | Path, audio: str | Path, out: str | Path, a2e: A2ENetwo
     out = Path(out)
     voice = load_voice(audio)
     audio_frames = -(-len(voice) // SAMPLES_PER_FRAME)
-    needed = frames_needed(audio_frames, keep_tail)
+    needed = None if keep_tail else audio_frames  # video frames to decode: up to the end of the audio, or all (for the tail)
     if not (avatar is not None and avatar.source == Path(video) and (avatar.complete or needed is not None and avatar.num_frames >= needed)):
         avatar = prepare_avatar(video, a2e.face_model, needed, cache_dir, progress=progress)
     session = RealtimeSession(a2e, renderer, avatar, device, loop, features, batch=batch)

@@ -162,9 +162,6 @@ class RealtimeSession:
         self._queue(self.expressions.finish(frames))
         self.seconds["a2e"] += time.perf_counter() - t
 
-    def full_audio(self) -> np.ndarray:
-        return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
-
     def frames(self, flush: bool = False) -> Iterator[Frame]:
         """Frames that can be computed now, in order (every one of them once the session has ended).
 

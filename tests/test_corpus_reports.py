@@ -1,0 +1,37 @@
+"""The corpus reports: identity's share of β variance, and Table 5 grouped from MLflow runs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lightning_modules.a2e.table5 import table
+from preprocess.shard_report import identity_share
+
+
+def test_identity_share_of_variance_is_the_between_speaker_part():
+    rng = np.random.default_rng(0)
+    noise = lambda n: rng.normal(0, 1, (n, 4))  # noqa: E731
+    # per coordinate: speaker offsets ±1 (variance 1) and unit noise -> half of the variance is identity
+    speakers = {"a": [noise(20000) + 1.0], "b": [noise(10000) - 1.0, noise(10000) - 1.0]}
+    assert abs(identity_share(speakers) - 0.5) < 0.01
+    assert identity_share({"a": [noise(5000)], "b": [noise(5000)]}) < 0.01
+
+
+def test_table5_groups_runs_by_their_switches_over_seeds(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("t5", artifact_location=str(tmp_path / "artifacts"))
+    for shape, history, mse in (("True", "True", 0.5), ("True", "True", 0.7), ("False", "False", 0.9)):
+        run = client.create_run(exp)
+        client.log_param(run.info.run_id, "model/net/use_shape", shape)
+        client.log_param(run.info.run_id, "model/net/use_history", history)
+        for key, value in (("val/exp_mse", mse), ("val/exp_mse_history_mean", 1.0), ("val/mouth_vertex_mm", 2 * mse), ("val/lip_open_corr", 0.8)):
+            client.log_metric(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id)
+    out = table("t5", uri)
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines()[2:]}
+    assert "| 2 | 0.600 ± 0.141 | 1.200 ± 0.283 | 0.800 ± 0.000 |" in rows["A2E, priors: both"]
+    assert "| 1 | 0.900 | 1.800 | 0.800 |" in rows["A2E, priors: none"]
+    assert "| 3 | 1.000 ± 0.000 | — | — |" in rows["history mean"]
