@@ -226,7 +226,8 @@ class StreamingFeatures:
         if block < 2 or block % ROWS_PER_FRAME or left < 0 or lookahead < 0:
             raise ValueError(f"need an even block >= 2 and left, lookahead >= 0 rows; got {block}, {left}, {lookahead}")
         self.extractor, self.block, self.left, self.lookahead = extractor, block, left, lookahead
-        self.audio = np.zeros(0, np.float32)
+        self.audio = np.zeros(0, np.float32)  # samples from ``self.offset`` on: history older than ``left`` rows is dropped
+        self.offset = 0
         self.rows_done = 0
 
     @property
@@ -234,25 +235,37 @@ class StreamingFeatures:
         """Rows of audio that must follow a row before it is final, at most (block − 1 + lookahead)."""
         return self.block - 1 + self.lookahead
 
+    @property
+    def _samples(self) -> int:
+        return self.offset + len(self.audio)
+
     def _encode_block(self, r0: int, r1: int, audio_rows: int) -> np.ndarray:
         a0, a1 = max(0, r0 - self.left), min(audio_rows, r1 + self.lookahead)
-        segment = self.audio[a0 * _HOP_50HZ : a1 * _HOP_50HZ]
+        segment = self.audio[a0 * _HOP_50HZ - self.offset : a1 * _HOP_50HZ - self.offset]
         with torch.inference_mode():
             rows = _fit_rows(np.asarray(self.extractor.encode(segment), np.float32), a1 - a0)
         return rows[r0 - a0 : r1 - a0].astype(np.float16)
+
+    def _drop_history(self) -> None:
+        keep = max(0, self.rows_done - self.left) * _HOP_50HZ  # the next block reaches back this far
+        if keep > self.offset:
+            self.audio = self.audio[keep - self.offset :]
+            self.offset = keep
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Append 16 kHz mono samples; the rows that became final [n, dim] (n a multiple of ``block``)."""
         self.audio = np.concatenate([self.audio, np.asarray(samples, np.float32)])
         out = []
-        while (self.rows_done + self.block + self.lookahead) * _HOP_50HZ <= len(self.audio):
-            out.append(self._encode_block(self.rows_done, self.rows_done + self.block, len(self.audio) // _HOP_50HZ))
+        while (self.rows_done + self.block + self.lookahead) * _HOP_50HZ <= self._samples:
+            out.append(self._encode_block(self.rows_done, self.rows_done + self.block, self._samples // _HOP_50HZ))
             self.rows_done += self.block
+            self._drop_history()
         return np.concatenate(out) if out else np.zeros((0, self.extractor.dim), np.float16)
 
     def finish(self, total_rows: int) -> np.ndarray:
         """The audio has ended: the remaining rows up to ``total_rows`` (the audio zero-padded to reach them)."""
-        self.audio = _pad_to_frames(self.audio, -(-total_rows // ROWS_PER_FRAME))
+        end = total_rows * _HOP_50HZ - self.offset
+        self.audio = np.pad(self.audio, (0, max(0, end - len(self.audio))))[:end]
         out = []
         while self.rows_done < total_rows:
             r1 = min(total_rows, self.rows_done + self.block)

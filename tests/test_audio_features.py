@@ -138,3 +138,27 @@ def test_hubert_from_local_folder(tmp_path: Path) -> None:
 def test_ct2_reader_lists_encoder_variables() -> None:
     v = read_ct2(default_whisper_path(), "encoder/conv1")
     assert v["encoder/conv1/weight"].shape == (384, 80, 3) and v["encoder/conv1/weight"].dtype == np.float16
+
+
+def test_streaming_features_equal_blockwise_encoding_for_any_chunking_and_keep_only_their_window(grid_audio):
+    """Block k is encoded from rows [kB − L, (k+1)B + R) of the audio, whatever pieces it arrived in; old audio is dropped."""
+    from preprocess.audio_features import AudioFeatureConfig, StreamingFeatures, _fit_rows, build_audio_features
+
+    audio = grid_audio["lbax4n"]
+    extractor = build_audio_features(AudioFeatureConfig(name="mel"))
+    rows = 2 * -(-len(audio) // 640)
+    padded = np.pad(audio, (0, rows * 320 - len(audio)))
+    block, left, ahead = 20, 30, 10
+    expected = []
+    for r0 in range(0, rows, block):
+        in_push = (r0 + block + ahead) * 320 <= len(audio)  # encoded as soon as its lookahead arrived, else at the end
+        a0, a1 = max(0, r0 - left), min(len(audio) // 320 if in_push else rows, r0 + block + ahead)
+        with torch.inference_mode():
+            encoded = _fit_rows(np.asarray(extractor.encode(padded[a0 * 320 : a1 * 320]), np.float32), a1 - a0)
+        expected.append(encoded[r0 - a0 : min(rows, r0 + block) - a0])
+    expected = np.concatenate(expected).astype(np.float16)
+    for chunk in (160, 640, 16000, len(audio)):
+        stream = StreamingFeatures(extractor, block, left, ahead)
+        got = np.concatenate([stream.push(audio[s : s + chunk]) for s in range(0, len(audio), chunk)] + [stream.finish(rows)])
+        assert np.array_equal(got, expected), chunk
+        assert stream.offset > 0 and len(stream.audio) < len(audio)  # history older than `left` rows was dropped

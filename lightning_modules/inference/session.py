@@ -123,7 +123,8 @@ class RealtimeSession:
         if self.ended:
             raise RuntimeError("push_audio after end()")
         pcm = np.asarray(pcm, np.float32).reshape(-1)
-        self.audio.append(pcm)
+        if self.stream_features is None:  # whole-file features need it all at the end; streaming keeps only its window
+            self.audio.append(pcm)
         self.samples += len(pcm)
         if self.stream_features is not None:
             t = time.perf_counter()
