@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from fractions import Fraction
 from pathlib import Path
 
@@ -155,6 +156,8 @@ def copy_samples(tmp_path) -> Path:
 
 
 _PROFILING_TIMER_ARMED: list[str] = []
+# SIGPROF's default action ends the process: a profiling timer armed by a native library must not end the suite
+signal.signal(signal.SIGPROF, signal.SIG_IGN)
 
 
 @pytest.fixture(autouse=True)
@@ -166,8 +169,6 @@ def _no_profiling_timer_left_armed(request):
     and SIGPROF then met its default action. Nothing of ours arms it; disarming it after each test keeps one
     library's leftover from killing the whole suite, and the report below says which test left it.
     """
-    import signal
-
     yield
     if signal.getitimer(signal.ITIMER_PROF) != (0.0, 0.0):
         _PROFILING_TIMER_ARMED.append(request.node.nodeid)
