@@ -80,6 +80,20 @@ class FaceModel(nn.Module):
         offsets = shape @ self.id_basis.T + exp @ self.exp_basis.T
         return self.mean + offsets.unflatten(-1, (self.num_vertices, 3))
 
+    def mouth_subspace(self, energy: float = 0.95) -> torch.Tensor:
+        """Orthonormal basis [De, k] of the expression directions that move the lip vertices.
+
+        The fewest leading right-singular vectors of the mouth rows of the expression basis that
+        carry ``energy`` of its squared singular values. Splitting an expression error Δβ into its
+        projection on this subspace and the rest separates what the mouth-vertex error sees from
+        what it does not (brows, blinks, fitting noise).
+        """
+        mouth = self.exp_basis.unflatten(0, (self.num_vertices, 3))[self.index_sets["mouth"]].flatten(0, 1)
+        _, s, vh = torch.linalg.svd(mouth.double(), full_matrices=False)
+        share = (s**2).cumsum(0) / (s**2).sum()
+        k = int((share < energy).sum()) + 1
+        return vh[:k].T.to(self.exp_basis.dtype)
+
     @staticmethod
     def transform(vertices: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         """Rigid motion: pose [..., 6] = axis-angle rotation (rad) + translation (mm)."""

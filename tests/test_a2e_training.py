@@ -53,6 +53,8 @@ def test_beats_the_clip_mean_on_held_out_clips_when_audio_drives_the_expression(
     m = _fit(root, net, steps=800, batch_size=8, clip_shuffle=8)
     assert m["val/exp_mse"] < 0.5 * m["val/exp_mse_clip_mean"], m  # measured: 0.23x (priors), 0.27x (none)
     assert m["val/lip_open_corr"] > 0.8
+    for guess in ("", "_clip_mean", "_history_mean"):  # the lips' part of the error is a part of it
+        assert 0 < m[f"val/exp_mse_mouth{guess}"] < m[f"val/exp_mse{guess}"], m
 
 
 def test_fast_dev_run_through_the_cli(tmp_path, monkeypatch):

@@ -120,3 +120,15 @@ def test_mirror_permutation_is_an_involution(model: FaceModel) -> None:
     perm = mirror_permutation(canonicalize(model.mean.numpy().astype(np.float64)))
     assert (perm[perm] == np.arange(468)).mean() > 0.98
     assert perm[1] == 1 and perm[33] == 263  # nose tip maps to itself, eye corners swap
+
+
+def test_mouth_subspace_holds_the_lip_motion(model: FaceModel) -> None:
+    basis = model.mouth_subspace(0.95).double()
+    k = basis.shape[1]
+    assert 0 < k < model.exp_dim
+    assert torch.allclose(basis.T @ basis, torch.eye(k, dtype=torch.float64), atol=1e-5)
+    lips = model.exp_basis.unflatten(0, (model.num_vertices, 3))[model.index_sets["mouth"]].flatten(0, 1).double()
+    outside = lips @ (torch.eye(model.exp_dim, dtype=torch.float64) - basis @ basis.T)
+    # what the subspace leaves out moves the lips by at most 5% of the basis's squared norm
+    assert outside.pow(2).sum() <= 0.05 * lips.pow(2).sum() + 1e-9
+    assert model.mouth_subspace(0.99).shape[1] >= k

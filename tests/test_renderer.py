@@ -145,7 +145,7 @@ def test_overfits_one_clip_at_small_resolution(tmp_path):
     dm = RendererDataModule(str(root), image_size=32, batch_size=8, num_workers=0, frames_per_clip=8, clip_shuffle=1, frame_shuffle=8, eval_stride=2, train_batches_per_epoch=120)
     dm.setup("fit")
     module = tiny_module(disc_start_step=10**9, lr=3e-3)
-    module.net = FIARenderer(shape_dim=module.net.coeff_dim - 70, exp_dim=64, widths=(16, 16, 32, 32), blocks=1, encoder_blocks=1, attention_heads=2, mlp_hidden=32)
+    module.net = FIARenderer(shape_dim=module.net.coeff_dim - 70, exp_dim=64, widths=(16, 16, 32, 32), decoder_widths=(16, 16, 32, 32), blocks=1, encoder_blocks=1, attention_heads=2, mlp_hidden=32)
     batch = next(iter(dm.train_dataloader()))
 
     def masked_error() -> float:
@@ -156,7 +156,7 @@ def test_overfits_one_clip_at_small_resolution(tmp_path):
     start = masked_error()
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(module, datamodule=dm)
-    assert masked_error() < start / 3  # 0.47-0.60 -> 0.10-0.12 seen on 2 CPU cores
+    assert masked_error() < start / 3  # 0.54 -> 0.05 seen (the decoder as small as the encoder; it was the paper's by mistake)
 
 
 @pytest.mark.ddp

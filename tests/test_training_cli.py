@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -91,23 +92,72 @@ USER_ERRORS = {
 }
 
 
-def user_error(cwd: Path, *args: str) -> str:
-    """Run ``python -m lightning_modules *args`` expecting an expected user error: exit 2, one ``error:`` line last on stderr, no traceback."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "lightning_modules", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert len(errors) == 1 and proc.stderr.rstrip().endswith(errors[0]), proc.stderr[-3000:]
+def check_user_error(code: int | None, stderr: str) -> str:
+    """An expected user error: exit 2, one ``error:`` line last on stderr, no traceback; returns that line."""
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 2 and "Traceback" not in stderr, stderr[-3000:]
+    assert len(errors) == 1 and stderr.rstrip().endswith(errors[0]), stderr[-3000:]
     return errors[0]
 
 
+def user_error(cwd: Path, *args: str) -> str:
+    """Run ``python -m lightning_modules *args`` expecting an expected user error."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "lightning_modules", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return check_user_error(proc.returncode, proc.stderr)
+
+
+# Runs the CLI's main() once per case in one process, each with its own working directory and file
+# descriptor 2 (what Lightning's and our loggers write to), exiting as the real command would on an
+# unexpected exception. One interpreter start instead of six: importing Lightning costs ~10 s here.
+USER_ERROR_DRIVER = """
+import json, os, sys, traceback
+from lightning_modules.cli import main
+results = {}
+for name, cwd, args in json.loads(sys.argv[1]):
+    os.chdir(cwd)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open("stderr.txt", "w") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            main(args)
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+    os.close(saved)
+    results[name] = [code, open("stderr.txt").read()]
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def user_errors(shards, tmp_path_factory) -> dict[str, tuple[int, str, Path]]:
+    """Every USER_ERRORS case run by USER_ERROR_DRIVER: case -> (exit code, stderr, working directory)."""
+    cases = []
+    for name, (extra, _) in USER_ERRORS.items():
+        cwd = tmp_path_factory.mktemp("user_error")
+        (cwd / "typo.yaml").write_text("model:\n  init_args:\n    lambda_vertx: 0.3\n")
+        cases.append((name, str(cwd), ["fit", *tiny_args(shards, base=MINIMAL), *extra]))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), "HF_HUB_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-c", USER_ERROR_DRIVER, json.dumps(cases)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {name: (*results[name], Path(cwd)) for name, cwd, _ in cases}
+
+
 @pytest.mark.parametrize("case", USER_ERRORS)
-def test_an_expected_user_error_is_one_line_and_exit_2(case, shards, tmp_path):
-    extra, expected = USER_ERRORS[case]
-    (tmp_path / "typo.yaml").write_text("model:\n  init_args:\n    lambda_vertx: 0.3\n")
-    error = user_error(tmp_path, "fit", *tiny_args(shards, base=MINIMAL), *extra)
-    assert all(text in error for text in expected), error
-    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "checkpoints").exists()  # stopped before any run was opened
+def test_an_expected_user_error_is_one_line_and_exit_2(case, user_errors):
+    code, stderr, cwd = user_errors[case]
+    error = check_user_error(code, stderr)
+    assert all(text in error for text in USER_ERRORS[case][1]), error
+    assert not (cwd / "mlruns").exists() and not (cwd / "checkpoints").exists()  # stopped before any run was opened
 
 
 def test_tracking_turned_off_writes_no_mlflow_run(shards, tmp_path):

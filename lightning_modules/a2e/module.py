@@ -33,6 +33,10 @@ class A2EEvalMetrics(StageMetrics):
         self.mouth_vertex_mm_clip_mean = MeanMetric()  # the same for the clip-mean predictor
         self.mouth_vertex_mm_history_mean = MeanMetric()  # and for the history-mean predictor
         self.lip_open_corr = PearsonFromSums()  # predicted vs true inner-lip opening over time
+        # exp_mse split: the part of Δβ in the lips' subspace of β (FaceModel.mouth_subspace); the rest is exp_mse minus it
+        self.exp_mse_mouth = MeanMetric()
+        self.exp_mse_mouth_clip_mean = MeanMetric()
+        self.exp_mse_mouth_history_mean = MeanMetric()
 
 
 class A2EModule(L.LightningModule):
@@ -70,6 +74,7 @@ class A2EModule(L.LightningModule):
         self.net = net
         self.loss = A2ELoss(FaceModel(face_model), lambda_vertex)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.register_buffer("mouth_subspace", self.face_model.mouth_subspace(), persistent=False)
         self.eval_metrics = nn.ModuleDict({"val": A2EEvalMetrics(), "test": A2EEvalMetrics()})
 
     @property
@@ -92,9 +97,12 @@ class A2EModule(L.LightningModule):
         self.log_dict(logs, on_epoch=True, sync_dist=True, batch_size=bs)
         m, mask = self.eval_metrics[stage], batch["mask"].float()
         with torch.autocast(pred.device.type, enabled=False):  # vertex offsets are sub-mm differences of ~100 mm coordinates
-            m.exp_mse.update((pred - batch["exp"]).pow(2).mean(-1), mask)
-            m.exp_mse_clip_mean.update((batch["exp_mean"][:, None] - batch["exp"]).pow(2).mean(-1), mask)
-            m.exp_mse_history_mean.update((batch["history"].mean(1, keepdim=True) - batch["exp"]).pow(2).mean(-1), mask)
+            exp, de = batch["exp"], batch["exp"].shape[-1]
+            for name, guess in (("", pred), ("_clip_mean", batch["exp_mean"][:, None]), ("_history_mean", batch["history"].mean(1, keepdim=True))):
+                err = guess - exp
+                getattr(m, f"exp_mse{name}").update(err.pow(2).mean(-1), mask)
+                # /De, not /k: the mouth part and the rest add up to exp_mse
+                getattr(m, f"exp_mse_mouth{name}").update((err @ self.mouth_subspace).pow(2).sum(-1) / de, mask)
             fm, mouth = self.face_model, self.loss.mouth
             pred_v = fm.vertices(batch["shape"], pred)
             true_v = fm.vertices(batch["shape"], batch["exp"])

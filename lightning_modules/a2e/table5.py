@@ -2,7 +2,8 @@
 
 Groups an experiment's finished A2E runs by their ablation switches (``use_shape`` × ``use_history``)
 and prints, per group, mean ± standard deviation over its runs (seeds) of the last validation
-values: expression MSE, mouth-vertex error (mm) and lip-opening correlation; beside them the two
+values: expression MSE (and its part in the lips' subspace of β, ``FaceModel.mouth_subspace``),
+mouth-vertex error (mm) and lip-opening correlation; beside them the two
 predictors that need no training, on the same windows: the history mean (available at inference)
 and the clip mean (an oracle: it knows the clip's average expression).
 """
@@ -19,12 +20,21 @@ from lightning_modules.tracking.compare import _client
 
 METRICS = {
     "expression MSE": "val/exp_mse",
+    "of which lips' subspace": "val/exp_mse_mouth",
     "mouth vertex mm": "val/mouth_vertex_mm",
     "lip-opening r": "val/lip_open_corr",
 }
 BASELINES = {
-    "history mean": {"expression MSE": "val/exp_mse_history_mean", "mouth vertex mm": "val/mouth_vertex_mm_history_mean"},
-    "clip mean (oracle)": {"expression MSE": "val/exp_mse_clip_mean", "mouth vertex mm": "val/mouth_vertex_mm_clip_mean"},
+    "history mean": {
+        "expression MSE": "val/exp_mse_history_mean",
+        "of which lips' subspace": "val/exp_mse_mouth_history_mean",
+        "mouth vertex mm": "val/mouth_vertex_mm_history_mean",
+    },
+    "clip mean (oracle)": {
+        "expression MSE": "val/exp_mse_clip_mean",
+        "of which lips' subspace": "val/exp_mse_mouth_clip_mean",
+        "mouth vertex mm": "val/mouth_vertex_mm_clip_mean",
+    },
 }
 SWITCHES = ("model/net/use_shape", "model/net/use_history")
 VARIANT = {("False", "False"): "none", ("True", "False"): "shape", ("False", "True"): "history", ("True", "True"): "both"}
