@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install weights gpu-wheels gpu-check test test-full lint demo bench face-model figures mlflow-ui a2e-grid renderer-grid a2e-corpus corpus-shards clean
+.PHONY: help install weights gpu-wheels gpu-check test test-full lint demo bench face-model figures mlflow-ui a2e-grid renderer-grid a2e-corpus renderer-corpus corpus-shards clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -81,6 +81,15 @@ a2e-corpus: corpus-shards ## the default A2E on the corpus end to end: shards ->
 	$(PY) -m lightning_modules fit $(A2E_CONFIGS) --config configs/experiment/a2e_corpus.yaml --trainer.max_steps $(CORPUS_A2E_STEPS) \
 	  --trainer.logger.init_args.run_name default-$$(date +%Y%m%d-%H%M%S)
 	$(PY) -m lightning_modules.a2e.table5 --experiment a2e-corpus --last 1
+
+CORPUS_RENDERER_TIME ?= 00:00:30:00
+CORPUS_A2E ?= checkpoints/a2e-corpus
+
+renderer-corpus: corpus-shards ## the CPU real-time renderer (128 px) on the corpus's training speakers for CORPUS_RENDERER_TIME (DD:HH:MM:SS), then evaluate on the val speakers with CORPUS_A2E's newest checkpoint, beside the two baselines that need no training
+	$(PY) -m lightning_modules fit $(RENDERER_CONFIGS) --config configs/experiment/renderer_cpu_realtime.yaml --config configs/experiment/renderer_corpus.yaml \
+	  --trainer.max_time $(CORPUS_RENDERER_TIME) --trainer.logger.init_args.run_name cpu128-$$(date +%Y%m%d-%H%M%S)
+	$(PY) -m lightning_modules evaluate --a2e $(CORPUS_A2E) --renderer checkpoints/renderer-corpus --shards sharded_data/talking --split val \
+	  --out evaluation/corpus --baselines reference blur --identity-every 5 --videos 2
 
 renderer-grid: install ## renderer GAN on the 8 GRID clips at 128 px (CPU-sized; image grids and loss curves in MLflow)
 	$(PY) -m preprocess shard --config configs/preprocess/grid_dev.yaml

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from lightning_modules.evaluation.evaluate import paste_back
+from lightning_modules.evaluation.evaluate import baseline_crops, paste_back
 from lightning_modules.evaluation.table_metrics import default_metrics
 from preprocess.media import decode_mp4, load_audio, probe
 from preprocess.weights import weights_available
@@ -41,6 +42,7 @@ def test_evaluate_writes_the_table_videos_with_audio_and_mlflow_metrics(trained)
         trained, "evaluate", "--a2e", str(ck / "a2e-both"), str(ck / "a2e-nohistory"), "--renderer", str(ck / "renderer"),
         "--shards", str(trained / "shards"), "--out", str(trained / "out"), "--videos", "1", "--calibration", "--metrics", *chosen,
         "--identity-every", "4",  # dlib's identity network is ~150 ms a frame here
+        "--baselines", "reference", "blur",
     )
     assert "| reconstruction |" in proc.stdout and "| cross-audio |" in proc.stdout, proc.stdout
     rows = list(csv.DictReader(open(trained / "out" / "table.csv")))
@@ -55,6 +57,9 @@ def test_evaluate_writes_the_table_videos_with_audio_and_mlflow_metrics(trained)
         assert 0 < float(recon["LPIPS"]) < 1 and 0 < float(recon["LPIPS mouth"]) < 1
     else:
         assert recon["LPIPS"] == ""  # no weights: left out, never random
+    baselines = [r for r in rows if r["system"].startswith("baseline:")]
+    assert len(baselines) == 2 and {r["setting"] for r in baselines} == {"reconstruction"}  # once, not per A2E
+    assert all(0 < float(r["SSIM"]) < 1 and float(r["M-LMD"]) >= 0 for r in baselines)
     itself = next(r for r in rows if r["setting"] == "vs itself")
     assert float(itself["SSIM"]) == pytest.approx(1.0, abs=1e-4)  # float32 SSIM maps
 
@@ -71,6 +76,7 @@ def test_evaluate_writes_the_table_videos_with_audio_and_mlflow_metrics(trained)
     metrics = client.get_run(renderer.info.run_id).data.metrics
     assert metrics["eval/a2e-both/reconstruction/ssim"] == pytest.approx(float(recon["SSIM"]))
     assert "eval/a2e-nohistory/cross-audio/fd_effnet" in metrics
+    assert "eval/a2e-both/baseline-blur/reconstruction/ssim" in metrics
     artifacts = {f.path for f in client.list_artifacts(renderer.info.run_id, "eval")}
     assert {"eval/table.md", "eval/videos"} <= artifacts
 
@@ -99,3 +105,17 @@ def test_paste_back_puts_the_crop_where_it_was_cut(tmp_path) -> None:
     assert abs(int(out[0, 60, 50, 0]) - 200) < 8  # lower half of the crop region: generated
     assert abs(int(out[0, 20, 50, 0]) - 40) < 8  # upper half: the original video
     assert abs(int(out[0, 60, 110, 0]) - 40) < 8  # outside the crop: the original video
+
+
+def test_baselines_change_only_the_masked_region() -> None:
+    torch.manual_seed(0)
+    real, reference = torch.rand(2, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[..., 32:, 16:48] = 1
+    for name in ("reference", "blur"):
+        out = baseline_crops(name, real, reference, mask)
+        assert torch.equal(out[..., :32, :], real[..., :32, :])  # outside the mask: the true crop, untouched
+    assert torch.equal(baseline_crops("reference", real, reference, mask)[..., 32:, 16:48], reference.expand(2, -1, -1, -1)[..., 32:, 16:48])
+    inside = baseline_crops("blur", real, reference, mask)[..., 40:56, 24:40]
+    assert inside.std() < 0.3 * real[..., 40:56, 24:40].std()  # noise blurred away, the mean kept
+    assert abs(float(inside.mean() - real[..., 40:56, 24:40].mean())) < 0.02

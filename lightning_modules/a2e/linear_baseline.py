@@ -13,7 +13,9 @@ the β dimensions), next to the trivial predictors:
   mean β: an upper bound on what a linear audio model gains over the oracle.
 
 The ridge strength is chosen by leave-one-clip-out cross-validation on the train split only, so
-the val split is never used for a choice.
+the val split is never used for a choice. With ``--face-model`` (the model the shards were fitted
+with) each error is also split into its part in the lips' subspace of β
+(:meth:`preprocess.face_model.FaceModel.mouth_subspace`), as the A2E's ``val/exp_mse_mouth``.
 """
 
 from __future__ import annotations
@@ -64,9 +66,16 @@ def with_intercept(clips: list[Clip]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([x, np.ones((len(x), 1))], 1), np.concatenate([c.exp for c in clips])
 
 
-def mse(pred: list[np.ndarray], clips: list[Clip]) -> float:
-    """Mean over every frame and β dimension of the split (frames weigh equally, as in val/exp_mse)."""
-    return float(np.mean(np.concatenate([((p - c.exp) ** 2).ravel() for p, c in zip(pred, clips)])))
+def mse(pred: list[np.ndarray], clips: list[Clip], subspace: np.ndarray | None = None) -> float:
+    """Mean over every frame and β dimension of the split (frames weigh equally, as in val/exp_mse).
+
+    With ``subspace`` [De, k] (orthonormal) only the error's part in it, still divided by De, so that
+    the parts in a subspace and in its complement add up to the whole.
+    """
+    err = [p - c.exp for p, c in zip(pred, clips)]
+    if subspace is not None:
+        err = [e @ subspace for e in err]
+    return float(sum((e**2).sum() for e in err) / sum(c.exp.size for c in clips))
 
 
 def predict_centred(w: np.ndarray, clips: list[Clip]) -> list[np.ndarray]:
@@ -81,15 +90,32 @@ Design = Callable[[list[Clip]], tuple[np.ndarray, np.ndarray]]
 Predict = Callable[[np.ndarray, list[Clip]], list[np.ndarray]]
 
 
+def cv_errors(train: list[Clip], design: Design, predict: Predict) -> dict[float, float]:
+    """Leave-one-clip-out error on the training clips for each ridge strength of ``LAMBDAS``.
+
+    Both designs are built clip by clip, so each fold's normal equations are the whole training
+    set's minus one clip's: one pass over the data instead of one per fold and strength.
+    """
+    parts = [design([c]) for c in train]
+    grams = [(x.T @ x, x.T @ y) for x, y in parts]
+    gram, cross = sum(g for g, _ in grams), sum(b for _, b in grams)
+    eye = np.eye(len(gram))
+
+    def cv(lam: float) -> float:
+        return float(np.mean([
+            mse(predict(np.linalg.solve(gram - g + lam * eye, cross - b), [c]), [c]) for (g, b), c in zip(grams, train)
+        ]))
+
+    return {lam: cv(lam) for lam in LAMBDAS}
+
+
 def choose_lambda(train: list[Clip], design: Design, predict: Predict) -> float:
     """The ridge strength with the lowest leave-one-clip-out error on the training clips."""
-    def cv(lam: float) -> float:
-        return float(np.mean([mse(predict(ridge(*design(train[:i] + train[i + 1 :]), lam), [c]), [c]) for i, c in enumerate(train)]))
-
-    return min(LAMBDAS, key=cv)
+    errors = cv_errors(train, design, predict)
+    return min(errors, key=errors.get)
 
 
-def report(shards: Path, train_split: str, val_split: str) -> list[list[str]]:
+def report(shards: Path, train_split: str, val_split: str, face_model: Path | None = None) -> list[list[str]]:
     train, val = load_clips(shards, train_split), load_clips(shards, val_split)
     train_mean = np.concatenate([c.exp for c in train]).mean(0)
     lam_c = choose_lambda(train, centred, predict_centred)
@@ -101,9 +127,23 @@ def report(shards: Path, train_split: str, val_split: str) -> list[list[str]]:
         ("linear + clip mean (oracle)", f"{lam_c:g}", mse(predict_centred(ridge(*centred(train), lam_c), val), val)),
     ]
     oracle = rows[0][2]
+    lips = None
+    if face_model is not None:
+        from preprocess.face_model import FaceModel
+
+        lips = FaceModel(face_model).mouth_subspace().double().numpy()
+        preds = [
+            [np.broadcast_to(c.exp.mean(0), c.exp.shape) for c in val],
+            [np.broadcast_to(train_mean, c.exp.shape) for c in val],
+            predict_raw(ridge(*with_intercept(train), lam_r), val),
+            predict_centred(ridge(*centred(train), lam_c), val),
+        ]
+        lips = [mse(p, val, lips) for p in preds]
     print(f"{len(train)} {train_split} clips ({sum(len(c.exp) for c in train)} frames) -> {len(val)} {val_split} clips "
           f"({sum(len(c.exp) for c in val)} frames), β {train[0].exp.shape[1]}-d, audio {train[0].audio.shape[1] // 2}-d")
-    return [[name, lam, f"{err:.3f}", f"{err / oracle:.2f}x"] for name, lam, err in rows]
+    return [
+        [name, lam, f"{err:.3f}", *([f"{lips[i]:.3f}"] if lips else []), f"{err / oracle:.2f}x"] for i, (name, lam, err) in enumerate(rows)
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,8 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shards", type=Path, required=True, help="folder with <split>-*.tar shards")
     ap.add_argument("--train-split", default="train")
     ap.add_argument("--val-split", default="val")
+    ap.add_argument("--face-model", type=Path, help="the shards' face model .npz: adds the error's part in the lips' subspace of β")
     args = ap.parse_args(argv)
-    print(format_table(["predictor", "ridge λ (train CV)", "expression MSE", "vs oracle"], report(args.shards, args.train_split, args.val_split)))
+    header = ["predictor", "ridge λ (train CV)", "expression MSE", *(["of which lips' subspace"] if args.face_model else []), "vs oracle"]
+    print(format_table(header, report(args.shards, args.train_split, args.val_split, args.face_model)))
 
 
 if __name__ == "__main__":

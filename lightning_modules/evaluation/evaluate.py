@@ -8,6 +8,10 @@ of each = an ablation table, e.g. use_shape/use_history on/off or mask naive/lea
 renderer's MLflow run, and writes sample videos: generated crops pasted back into the source
 video with the driving audio (mp4), also logged to MLflow.
 
+``--baselines`` adds, in the reconstruction setting, two predictors that need no training, drawn under
+the same mask and pasted the same way: the reference frame's lower face, and the source itself
+blurred inside the mask (its low frequencies: roughly where the mouth is, not how it looks).
+
 Runs in one process (CPU or one GPU). Metrics whose weights are missing are left out of the
 default set and shown as "—"; asking for one explicitly without its weights is an error.
 """
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import kornia
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -178,6 +183,27 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# -- baselines that need no training -------------------------------------------------------------
+BASELINES = {
+    "reference": "baseline: reference frame's lower face",
+    "blur": "baseline: source blurred in the mask",
+}
+BLUR_SIGMA = 0.04  # of the crop side: about the lip thickness in these crops, so the teeth and the lip line go
+
+
+def baseline_crops(name: str, real: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A baseline's crops [n, 3, S, S]: the true crop outside ``mask``, the baseline's pixels inside it."""
+    if name == "reference":
+        inside = reference.expand_as(real)
+    elif name == "blur":
+        sigma = BLUR_SIGMA * real.shape[-1]
+        k = 2 * math.ceil(3 * sigma) + 1
+        inside = kornia.filters.gaussian_blur2d(real, (k, k), (sigma, sigma), border_type="replicate")
+    else:
+        raise ValueError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
+    return real * (1 - mask) + inside * mask
+
+
 # -- videos ---------------------------------------------------------------------------------------
 def paste_back(video: dict[str, Any], crops: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """Generated crops [T, S, S, 3] warped back into the clip's source video (the crops themselves when it is gone)."""
@@ -258,7 +284,7 @@ def log_to_mlflow(system: System, rows: list[dict[str, Any]], out: Path, videos:
         for c in COLUMNS:
             v = r.get(c)
             if v is not None and not math.isnan(v):
-                key = f"{prefix}{r['setting']}/{metric_key(c)}"
+                key = f"{prefix}{r.get('mlflow_prefix', '')}{r['setting']}/{metric_key(c)}"
                 client.log_metric(run_id, key, v, timestamp=stamp, step=0)
     for f in ("table.md", "table.csv"):
         client.log_artifact(run_id, str(out / f), "eval")
@@ -322,16 +348,21 @@ def evaluate(args: argparse.Namespace) -> str:
             rows, videos = [], []
             folder = out / system.label.replace(" + ", "__").replace("/", "-")
             for setting, pairs in settings.items():
-                sm = SettingMetrics(
-                    setting == "reconstruction", chosen, faces, lpips_weights=args.lpips_weights, fid_weights=args.fid_weights,
+                metrics = lambda recon=setting == "reconstruction": SettingMetrics(  # noqa: E731
+                    recon, chosen, faces, lpips_weights=args.lpips_weights, fid_weights=args.fid_weights,
                     lpips_net=args.lpips_net, identity_every=args.identity_every, identity=identity,
                 )
+                sm = metrics()
+                # the baselines once, beside the first system: they depend on the clips and the mask, not on the A2E
+                baselines = {b: metrics() for b in args.baselines} if setting == "reconstruction" and not all_rows else {}
                 for n, (i, driver) in enumerate(tqdm(pairs, desc=f"{setting} ({system.label})", unit="clip")):
                     video = clips[i]
                     reference = unit_frames(video["frames"][valid_frames(video)[:1]])
                     crops, masks = [], []
                     for first, fake, real, mask, seconds in generate(system, video, driver, args.batch_size, device):
                         sm.update(fake, real, reference, mask, first, seconds)
+                        for b, bm in baselines.items():
+                            bm.update(baseline_crops(b, real, reference, mask), real, reference, mask, first, 0.0)
                         if n < args.videos:
                             crops.append(to_uint8_hwc(fake))
                             masks.append(mask[:, 0].numpy())
@@ -339,8 +370,9 @@ def evaluate(args: argparse.Namespace) -> str:
                         frames = paste_back(video, np.concatenate(crops), np.concatenate(masks))
                         path = folder / "videos" / f"{setting}_{video['__key__']}_by_{driver['__key__']}.mp4"
                         videos.append(write_mp4(path, frames, driver["audio"][: len(frames) * SAMPLES_PER_FRAME]))
-                row = {"system": system.label, "setting": setting, "params": system.params, **sm.row()}
-                rows.append(row)
+                rows.append({"system": system.label, "setting": setting, "params": system.params, **sm.row()})
+                for b, bm in baselines.items():
+                    rows.append({"system": BASELINES[b], "setting": setting, "params": {}, **bm.row(), "ms/frame": None, "mlflow_prefix": f"baseline-{b}/"})
             write_tables(rows, folder, [])
             prefix = "eval/" if len(args.a2e) == 1 else f"eval/{Path(a2e_ckpt).parent.name}/"
             if not args.no_mlflow and (run := log_to_mlflow(system, rows, folder, videos, prefix)):
@@ -387,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="frames per renderer call")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="evaluation", help="output folder (tables, videos)")
+    p.add_argument("--baselines", nargs="*", choices=sorted(BASELINES), default=[],
+                   help="reconstruction-setting rows for predictors that need no training: 'reference' (the reference frame's lower face) and 'blur' (the source blurred in the mask)")
     p.add_argument("--calibration", action="store_true", help="add rows scoring the real frames against themselves, moved 3 px, and another clip")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to the renderer's MLflow run")
     return p
