@@ -209,3 +209,14 @@ def test_export_onnx_equals_pytorch(tmp_path, ckpts):
     with torch.no_grad():
         want = renderer.net(source * (1 - mask), mask, reference.expand(b, -1, -1, -1), coeffs).numpy()
     assert np.abs(image - want).max() < 1e-4
+
+
+def test_contact_sheet_puts_the_same_times_above_each_other(tmp_path):
+    from lightning_modules.inference.contact_sheet import sheet
+
+    same = sheet(VIDEO, VIDEO, count=4)
+    assert same.shape == (2 * (int(0.9 * 288) - int(0.4 * 288)), 4 * 180, 3)
+    top, bottom = np.split(same, 2)
+    assert np.array_equal(top, bottom)
+    other = sheet(VIDEO, SAMPLES / "lbax4n.mpg", count=4, full=True)
+    assert other.shape == (2 * 288, 4 * 360, 3) and not np.array_equal(*np.split(other, 2))
