@@ -75,7 +75,7 @@ corpus-shards: install ## shard a talking-face corpus (CORPUS, default ../shared
 	@test -d "$(CORPUS)" && test -f "$(CORPUS_SPEAKERS)" || { echo "no corpus at CORPUS=$(CORPUS) with CORPUS_SPEAKERS=$(CORPUS_SPEAKERS): point CORPUS at a folder of talking-face videos and CORPUS_SPEAKERS at a TSV with columns 'file' and 'identity_guess' (one identity label per clip)"; exit 2; }
 	$(PY) -m preprocess build-face-model --config configs/preprocess/talking_face_model.yaml $(CORPUS_ARGS)
 	$(PY) -m preprocess shard --config configs/preprocess/talking.yaml $(CORPUS_ARGS) --face_model sharded_data/talking_face_model.npz --progress false
-	$(PY) -m preprocess.shard_report --shards sharded_data/talking
+	$(PY) -m preprocess.shard_report --shards sharded_data/talking --face-model sharded_data/talking_face_model.npz
 
 a2e-corpus: corpus-shards ## the default A2E on the corpus end to end: shards -> fit -> the Table-5 row on the validation speakers beside the history-mean and clip-mean predictors
 	$(PY) -m lightning_modules fit $(A2E_CONFIGS) --config configs/experiment/a2e_corpus.yaml --trainer.max_steps $(CORPUS_A2E_STEPS) \

@@ -35,3 +35,16 @@ def test_table5_groups_runs_by_their_switches_over_seeds(tmp_path):
     assert "| 2 | 0.600 ± 0.141 | 0.300 ± 0.071 | 1.200 ± 0.283 | 0.800 ± 0.000 |" in rows["A2E, priors: both"]
     assert "| 1 | 0.900 | 0.450 | 1.800 | 0.800 |" in rows["A2E, priors: none"]
     assert "| 3 | 1.000 ± 0.000 | — | — | — |" in rows["history mean"]
+
+
+def test_lips_follow_audio_is_high_for_lips_driven_by_loudness_and_low_for_shuffled_ones():
+    from preprocess.shard_report import SAMPLES_PER_FRAME, lips_follow_audio
+
+    rng = np.random.default_rng(0)
+    loud = np.exp(rng.normal(size=200))  # per-frame amplitude
+    audio = (rng.normal(size=(200, SAMPLES_PER_FRAME)) * loud[:, None]).ravel()
+    opening = np.log(loud) + 0.1 * rng.normal(size=200)
+    valid = np.ones(200, bool)
+    assert lips_follow_audio(audio, opening, valid) > 0.9
+    assert abs(lips_follow_audio(audio, rng.permutation(opening), valid)) < 0.2
+    assert np.isnan(lips_follow_audio(audio, opening, np.zeros(200, bool)))  # no seen frame: not a number, not a guess
