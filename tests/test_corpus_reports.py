@@ -23,8 +23,8 @@ def test_table5_groups_runs_by_their_switches_over_seeds(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("t5", artifact_location=str(tmp_path / "artifacts"))
-    for shape, history, mse in (("True", "True", 0.5), ("True", "True", 0.7), ("False", "False", 0.9)):
-        run = client.create_run(exp)
+    for i, (shape, history, mse) in enumerate((("True", "True", 0.5), ("True", "True", 0.7), ("False", "False", 0.9))):
+        run = client.create_run(exp, run_name=f"run-{i}")
         client.log_param(run.info.run_id, "model/net/use_shape", shape)
         client.log_param(run.info.run_id, "model/net/use_history", history)
         for key, value in (("val/exp_mse", mse), ("val/exp_mse_mouth", mse / 2), ("val/exp_mse_history_mean", 1.0), ("val/mouth_vertex_mm", 2 * mse), ("val/lip_open_corr", 0.8)):
@@ -35,6 +35,8 @@ def test_table5_groups_runs_by_their_switches_over_seeds(tmp_path):
     assert "| 2 | 0.600 ± 0.141 | 0.300 ± 0.071 | 1.200 ± 0.283 | 0.800 ± 0.000 |" in rows["A2E, priors: both"]
     assert "| 1 | 0.900 | 0.450 | 1.800 | 0.800 |" in rows["A2E, priors: none"]
     assert "| 3 | 1.000 ± 0.000 | — | — | — |" in rows["history mean"]
+    only = {line.split("|")[1].strip(): line for line in table("t5", uri, match="run-[02]").splitlines()[2:]}
+    assert "| 1 | 0.500 |" in only["A2E, priors: both"] and "| 1 | 0.900 |" in only["A2E, priors: none"]
 
 
 def test_lips_follow_audio_is_high_for_lips_driven_by_loudness_and_low_for_shuffled_ones():

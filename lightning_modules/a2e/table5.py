@@ -11,6 +11,7 @@ and the clip mean (an oracle: it knows the clip's average expression).
 from __future__ import annotations
 
 import argparse
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -47,12 +48,14 @@ def cell(values: list[float]) -> str:
     return f"{np.mean(v):.3f}" + (f" ± {np.std(v, ddof=1):.3f}" if len(v) > 1 else "")
 
 
-def table(experiment: str, tracking_uri: str | None = None, last: int | None = None) -> str:
+def table(experiment: str, tracking_uri: str | None = None, last: int | None = None, match: str | None = None) -> str:
     client = _client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise SystemExit(f"error: no MLflow experiment named {experiment!r}")
     runs = [r for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"]) if r.info.status == "FINISHED"]
+    if match:  # e.g. leave tuning runs, which share a variant's switches, out of its seeds
+        runs = [r for r in runs if re.fullmatch(match, r.info.run_name or "")]
     runs = runs[:last] if last else runs
     if not runs:
         raise SystemExit(f"error: no finished run in {experiment!r}")
@@ -74,9 +77,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m lightning_modules.a2e.table5", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", required=True, help="MLflow experiment of the A2E runs (e.g. a2e-corpus)")
     p.add_argument("--last", type=int, help="only the newest N finished runs")
+    p.add_argument("--match", help="only runs whose whole name matches this regular expression (e.g. '(none|shape|history|both)-s[0-9]+')")
     p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or the local sqlite database")
     args = p.parse_args(argv)
-    print(table(args.experiment, args.tracking_uri, args.last))
+    print(table(args.experiment, args.tracking_uri, args.last, args.match))
 
 
 if __name__ == "__main__":
