@@ -48,7 +48,7 @@ def test_evaluate_writes_the_table_videos_with_audio_and_mlflow_metrics(trained)
     rows = list(csv.DictReader(open(trained / "out" / "table.csv")))
     systems = {(r["system"], r["setting"]) for r in rows}
     assert {("a2e-both + renderer", "reconstruction"), ("a2e-nohistory + renderer", "cross-audio")} <= systems
-    by_history = {r["use_history"] for r in rows if r["setting"] == "reconstruction"}
+    by_history = {r["use_history"] for r in rows if r["setting"] == "reconstruction" and not r["system"].startswith("baseline:")}
     assert by_history == {"True", "False"}  # the ablation switch is reported per row (Table 5)
     recon = next(r for r in rows if r["system"] == "a2e-both + renderer" and r["setting"] == "reconstruction")
     assert 0 < float(recon["SSIM"]) < 1 and float(recon["PSNR"]) > 5 and float(recon["FD_effnet"]) >= 0 and float(recon["ms/frame"]) > 0
@@ -59,7 +59,7 @@ def test_evaluate_writes_the_table_videos_with_audio_and_mlflow_metrics(trained)
         assert recon["LPIPS"] == ""  # no weights: left out, never random
     baselines = [r for r in rows if r["system"].startswith("baseline:")]
     assert len(baselines) == 2 and {r["setting"] for r in baselines} == {"reconstruction"}  # once, not per A2E
-    assert all(0 < float(r["SSIM"]) < 1 and float(r["M-LMD"]) >= 0 for r in baselines)
+    assert all(0 < float(r["SSIM"]) < 1 and float(r["PSNR mouth"]) > 0 for r in baselines)  # LMD is left out: dlib may find no face in synthetic frames
     itself = next(r for r in rows if r["setting"] == "vs itself")
     assert float(itself["SSIM"]) == pytest.approx(1.0, abs=1e-4)  # float32 SSIM maps
 
