@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocess.media import AUDIO_RATE, VIDEO_FPS
 from preprocess.preview import iter_samples
 
-SAMPLES_PER_FRAME = 640  # 16 kHz audio, 25 fps
+SAMPLES_PER_FRAME = AUDIO_RATE // VIDEO_FPS
 
 
 def lips_follow_audio(audio: np.ndarray, opening: np.ndarray, valid: np.ndarray) -> float:

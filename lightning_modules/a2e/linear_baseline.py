@@ -120,30 +120,25 @@ def report(shards: Path, train_split: str, val_split: str, face_model: Path | No
     train_mean = np.concatenate([c.exp for c in train]).mean(0)
     lam_c = choose_lambda(train, centred, predict_centred)
     lam_r = choose_lambda(train, with_intercept, predict_raw)
-    rows = [
-        ("clip mean (oracle)", "-", mse([np.broadcast_to(c.exp.mean(0), c.exp.shape) for c in val], val)),
-        ("training mean", "-", mse([np.broadcast_to(train_mean, c.exp.shape) for c in val], val)),
-        ("linear, no priors", f"{lam_r:g}", mse(predict_raw(ridge(*with_intercept(train), lam_r), val), val)),
-        ("linear + clip mean (oracle)", f"{lam_c:g}", mse(predict_centred(ridge(*centred(train), lam_c), val), val)),
-    ]
-    oracle = rows[0][2]
+    preds = {  # predictor: (ridge λ, predictions on the val clips)
+        "clip mean (oracle)": ("-", [np.broadcast_to(c.exp.mean(0), c.exp.shape) for c in val]),
+        "training mean": ("-", [np.broadcast_to(train_mean, c.exp.shape) for c in val]),
+        "linear, no priors": (f"{lam_r:g}", predict_raw(ridge(*with_intercept(train), lam_r), val)),
+        "linear + clip mean (oracle)": (f"{lam_c:g}", predict_centred(ridge(*centred(train), lam_c), val)),
+    }
     lips = None
     if face_model is not None:
         from preprocess.face_model import FaceModel
 
         lips = FaceModel(face_model).mouth_subspace().double().numpy()
-        preds = [
-            [np.broadcast_to(c.exp.mean(0), c.exp.shape) for c in val],
-            [np.broadcast_to(train_mean, c.exp.shape) for c in val],
-            predict_raw(ridge(*with_intercept(train), lam_r), val),
-            predict_centred(ridge(*centred(train), lam_c), val),
-        ]
-        lips = [mse(p, val, lips) for p in preds]
+    oracle = mse(preds["clip mean (oracle)"][1], val)
     print(f"{len(train)} {train_split} clips ({sum(len(c.exp) for c in train)} frames) -> {len(val)} {val_split} clips "
           f"({sum(len(c.exp) for c in val)} frames), β {train[0].exp.shape[1]}-d, audio {train[0].audio.shape[1] // 2}-d")
-    return [
-        [name, lam, f"{err:.3f}", *([f"{lips[i]:.3f}"] if lips else []), f"{err / oracle:.2f}x"] for i, (name, lam, err) in enumerate(rows)
-    ]
+    rows = []
+    for name, (lam, pred) in preds.items():
+        err = mse(pred, val)
+        rows.append([name, lam, f"{err:.3f}", *([f"{mse(pred, val, lips):.3f}"] if lips is not None else []), f"{err / oracle:.2f}x"])
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
