@@ -70,6 +70,7 @@ CORPUS ?= ../shared/data/talking
 CORPUS_SPEAKERS ?= $(CORPUS)/MANIFEST.tsv
 CORPUS_ARGS := --root $(CORPUS) --speakers.path $(CORPUS_SPEAKERS)
 CORPUS_A2E_STEPS ?= 1000
+CORPUS_A2E_ARGS ?=
 
 corpus-shards: install ## shard a talking-face corpus (CORPUS, default ../shared/data/talking; speakers from CORPUS_SPEAKERS) with a face model built from its training identities
 	@test -d "$(CORPUS)" && test -f "$(CORPUS_SPEAKERS)" || { echo "no corpus at CORPUS=$(CORPUS) with CORPUS_SPEAKERS=$(CORPUS_SPEAKERS): point CORPUS at a folder of talking-face videos and CORPUS_SPEAKERS at a TSV with columns 'file' and 'identity_guess' (one identity label per clip)"; exit 2; }
@@ -77,8 +78,8 @@ corpus-shards: install ## shard a talking-face corpus (CORPUS, default ../shared
 	$(PY) -m preprocess shard --config configs/preprocess/talking.yaml $(CORPUS_ARGS) --face_model sharded_data/talking_face_model.npz --progress false
 	$(PY) -m preprocess.shard_report --shards sharded_data/talking --face-model sharded_data/talking_face_model.npz
 
-a2e-corpus: corpus-shards ## the default A2E on the corpus end to end: shards -> fit -> the Table-5 row on the validation speakers beside the history-mean and clip-mean predictors
-	$(PY) -m lightning_modules fit $(A2E_CONFIGS) --config configs/experiment/a2e_corpus.yaml --trainer.max_steps $(CORPUS_A2E_STEPS) \
+a2e-corpus: corpus-shards ## the default A2E on the corpus end to end: shards -> fit (extra fit arguments in CORPUS_A2E_ARGS, e.g. --seed_everything 2) -> the Table-5 row on the validation speakers beside the history-mean and clip-mean predictors
+	$(PY) -m lightning_modules fit $(A2E_CONFIGS) --config configs/experiment/a2e_corpus.yaml --trainer.max_steps $(CORPUS_A2E_STEPS) $(CORPUS_A2E_ARGS) \
 	  --trainer.logger.init_args.run_name default-$$(date +%Y%m%d-%H%M%S)
 	$(PY) -m lightning_modules.a2e.table5 --experiment a2e-corpus --last 1
 
