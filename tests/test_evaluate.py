@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lightning_modules.evaluation.evaluate import baseline_crops, paste_back
-from lightning_modules.evaluation.table_metrics import default_metrics
+from lightning_modules.evaluation.table_metrics import default_metrics, every_nth
 from preprocess.media import decode_mp4, load_audio, probe
 from preprocess.weights import weights_available
 from tests.conftest import write_video
@@ -42,6 +42,7 @@ def test_evaluate_writes_the_table_videos_with_audio_and_mlflow_metrics(trained)
         trained, "evaluate", "--a2e", str(ck / "a2e-both"), str(ck / "a2e-nohistory"), "--renderer", str(ck / "renderer"),
         "--shards", str(trained / "shards"), "--out", str(trained / "out"), "--videos", "1", "--calibration", "--metrics", *chosen,
         "--identity-every", "4",  # dlib's identity network is ~150 ms a frame here
+        "--fd-every", "2",
         "--baselines", "reference", "blur",
     )
     assert "| reconstruction |" in proc.stdout and "| cross-audio |" in proc.stdout, proc.stdout
@@ -119,3 +120,10 @@ def test_baselines_change_only_the_masked_region() -> None:
     inside = baseline_crops("blur", real, reference, mask)[..., 40:56, 24:40]
     assert inside.std() < 0.3 * real[..., 40:56, 24:40].std()  # noise blurred away, the mean kept
     assert abs(float(inside.mean() - real[..., 40:56, 24:40].mean())) < 0.02
+
+
+def test_every_nth_follows_clip_frame_numbers_across_batches() -> None:
+    # batches of 4 from clip frame 0: every 3rd clip frame is 0, 3, 6, 9 whatever the batch boundaries
+    picked = [first + i for first in range(0, 12, 4) for i in every_nth(4, first, 3)]
+    assert picked == [0, 3, 6, 9]
+    assert every_nth(5, 7, 1) == [0, 1, 2, 3, 4]

@@ -350,7 +350,7 @@ def evaluate(args: argparse.Namespace) -> str:
             for setting, pairs in settings.items():
                 metrics = lambda recon=setting == "reconstruction": SettingMetrics(  # noqa: E731
                     recon, chosen, faces, lpips_weights=args.lpips_weights, fid_weights=args.fid_weights,
-                    lpips_net=args.lpips_net, identity_every=args.identity_every, identity=identity,
+                    lpips_net=args.lpips_net, identity_every=args.identity_every, fd_every=args.fd_every, identity=identity,
                 )
                 sm = metrics()
                 # the baselines once, beside the first system: they depend on the clips and the mask, not on the A2E
@@ -394,6 +394,8 @@ def evaluate(args: argparse.Namespace) -> str:
     notes.append("Sync conf: not implemented (needs SyncNet's syncnet_v2.model, which is not available offline)")
     notes.append("cross-audio has no ground truth: LMD, LPIPS, SSIM and PSNR are reconstruction-only; CSIM is against the reference frame")
     notes.append(f"split {'+'.join(args.split)} of {args.shards}, {device.type}; FD on a few hundred frames is a small-sample estimate")
+    if args.fd_every > 1 or args.identity_every > 1:
+        notes.append(f"FID/FD_effnet on every {args.fd_every}. frame, CSIM on every {args.identity_every}. frame")
     table = write_tables(all_rows, out, notes)
     (out / "runs.json").write_text(json.dumps(where, indent=1))
     return table + ("\nMLflow: metrics eval/<setting>/<metric> and artifacts eval/ of " + "; ".join(where) + "\n" if where else "")
@@ -414,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-weights", help="FID's converted TF Inception .safetensors (default: the weights store, make weights)")
     p.add_argument("--arcface-weights", help="ArcFace IResNet .pth for CSIM (default: dlib's 128-d identity network)")
     p.add_argument("--identity-every", type=int, default=1, help="CSIM on every N-th frame (dlib's identity network is ~150 ms/frame on CPU)")
+    p.add_argument("--fd-every", type=int, default=1, help="FID and FD_effnet on every N-th frame (its Inception passes take most of a CPU evaluation's time; neighbouring frames add little)")
     p.add_argument("--videos", type=int, default=2, help="sample videos per setting")
     p.add_argument("--max-clips", type=int, help="evaluate at most this many clips")
     p.add_argument("--batch-size", type=int, default=16, help="frames per renderer call")

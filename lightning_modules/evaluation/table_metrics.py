@@ -29,6 +29,11 @@ def default_metrics(lpips_weights: str | None, fid_weights: str | None, lpips_ne
     return chosen
 
 
+def every_nth(count: int, first_frame: int, n: int) -> list[int]:
+    """Positions in a batch of ``count`` frames starting at clip frame ``first_frame`` whose clip index is a multiple of ``n``."""
+    return [i for i in range(count) if (first_frame + i) % n == 0]
+
+
 @dataclass
 class SettingMetrics:
     """Metrics of one setting. ``reconstruction`` compares with the ground truth; cross-audio has none,
@@ -42,6 +47,7 @@ class SettingMetrics:
     fid_weights: str | None = None
     lpips_net: str = "alex"
     identity_every: int = 1
+    fd_every: int = 1  # the Fréchet distances on every N-th frame: neighbouring frames add little, Inception costs most on CPU
     identity: IdentityEmbedder | None = None  # CSIM's network; None = dlib's (``faces``)
     metrics: dict[str, object] = field(default_factory=dict)
     seconds: float = 0.0
@@ -76,17 +82,18 @@ class SettingMetrics:
         if "lmd" in m:
             m["lmd"].update(fake, real)
         if "csim" in m:
-            keep = [i for i in range(len(fake)) if (first_frame + i) % self.identity_every == 0]
+            keep = every_nth(len(fake), first_frame, self.identity_every)
             if keep:
                 m["csim"].update(fake[keep], real[keep] if self.reconstruction else reference)
         if "quality" in m:
             m["quality"].update(fake, real, mask)
         if "lpips" in m:
             m["lpips"].update(fake, real, mask)
+        keep = every_nth(len(fake), first_frame, self.fd_every)
         for name in ("fd_effnet", "fid"):
-            if name in m:
-                m[name].update(real, real=True)
-                m[name].update(fake, real=False)
+            if name in m and keep:
+                m[name].update(real[keep], real=True)
+                m[name].update(fake[keep], real=False)
 
     def row(self) -> dict[str, float | None]:
         """Table-2 columns (None = not measured in this setting / not configured) plus bookkeeping counts."""
