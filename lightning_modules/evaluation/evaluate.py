@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-weights", help="FID's converted TF Inception .safetensors (default: the weights store, make weights)")
     p.add_argument("--arcface-weights", help="ArcFace IResNet .pth for CSIM (default: dlib's 128-d identity network)")
     p.add_argument("--identity-every", type=int, default=1, help="CSIM on every N-th frame (dlib's identity network is ~150 ms/frame on CPU)")
-    p.add_argument("--fd-every", type=int, default=1, help="FID and FD_effnet on every N-th frame (its Inception passes take most of a CPU evaluation's time; neighbouring frames add little)")
+    p.add_argument("--fd-every", type=int, default=1, help="FID and FD_effnet on every N-th frame (Inception is the costliest metric on a CPU; neighbouring frames add little)")
     p.add_argument("--videos", type=int, default=2, help="sample videos per setting")
     p.add_argument("--max-clips", type=int, help="evaluate at most this many clips")
     p.add_argument("--batch-size", type=int, default=16, help="frames per renderer call")

@@ -47,7 +47,7 @@ class SettingMetrics:
     fid_weights: str | None = None
     lpips_net: str = "alex"
     identity_every: int = 1
-    fd_every: int = 1  # the Fréchet distances on every N-th frame: neighbouring frames add little, Inception costs most on CPU
+    fd_every: int = 1  # the Fréchet distances on every N-th frame: neighbouring frames add little, Inception is the costliest metric on CPU
     identity: IdentityEmbedder | None = None  # CSIM's network; None = dlib's (``faces``)
     metrics: dict[str, object] = field(default_factory=dict)
     seconds: float = 0.0
