@@ -220,3 +220,12 @@ def test_contact_sheet_puts_the_same_times_above_each_other(tmp_path):
     assert np.array_equal(top, bottom)
     other = sheet(VIDEO, SAMPLES / "lbax4n.mpg", count=4, full=True)
     assert other.shape == (2 * 288, 4 * 360, 3) and not np.array_equal(*np.split(other, 2))
+
+
+def test_contact_sheet_names_a_missing_video_in_one_line(tmp_path):
+    from lightning_modules.inference.contact_sheet import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--source", str(VIDEO), "--dubbed", str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "s.png")])
+    assert str(e.value).startswith("error: open: file not found") and "nope.mp4" in str(e.value)
+    assert not (tmp_path / "s.png").exists()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocess.errors import ClipError
 from preprocess.media import iter_frames
 
 
@@ -53,7 +54,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     from PIL import Image
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(sheet(args.source, args.dubbed, args.frames, args.full)).save(args.out)
+    try:
+        image = sheet(args.source, args.dubbed, args.frames, args.full)
+    except ClipError as e:  # a missing or unreadable video: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
+    Image.fromarray(image).save(args.out)
     print(f"{args.out}: top {args.source.name}, bottom {args.dubbed.name}, {args.frames} frames")
 
 
