@@ -177,7 +177,7 @@ class ClipProcessor:
             coeffs = {"shape": fit["shape"], "exp": fit["exp"], "pose": fit["pose"], "camera": fit["camera"],
                       "lmk": lmk[..., :2].astype(np.float32), "crop": mats.astype(np.float32), "valid": seg.valid.astype(bool)}
             err = float(fit["err_px"][seg.valid].mean()) if seg.valid.any() else float("nan")
-            meta = self._meta(clip, key, info, i, seg, track, err)
+            meta = self._meta(clip, key, info, i, seg, track, err, kept=len(segments))
             res.samples.append((clip.split, encode_sample(key, mp4, wav_bytes(seg_audio), feats, coeffs, meta)))
             res.frames += len(frames)
             res.fit_err_px.append(err)
@@ -187,7 +187,7 @@ class ClipProcessor:
     def _seg_key(clip: Clip, i: int, count: int) -> str:
         return clip.key if count == 1 else make_key(clip.key, f"s{i}")
 
-    def _meta(self, clip: Clip, key: str, info: MediaInfo, index: int, seg: Segment, track: Track, err: float) -> dict[str, Any]:
+    def _meta(self, clip: Clip, key: str, info: MediaInfo, index: int, seg: Segment, track: Track, err: float, kept: int) -> dict[str, Any]:
         t = seg.end - seg.start
         return {
             "schema_version": SCHEMA_VERSION,
@@ -195,6 +195,7 @@ class ClipProcessor:
             "clip_key": clip.key,
             "segment": index,
             "segments_total": len(track.segments),
+            "segments_kept": kept,  # the rest were too short (ledger lines): a resumed run counts the clip done without them
             "dataset": clip.dataset,
             "speaker": clip.speaker,
             "video": clip.video,

@@ -6,6 +6,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import re
 import sys
 import time
 import traceback
@@ -33,7 +34,7 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def done_clip_keys(shards: list[ShardInfo]) -> set[str]:
-    """Clips whose every segment is in a complete shard (any rank, any earlier run)."""
+    """Clips whose every sample (each segment long enough) is in a complete shard (any rank, any earlier run)."""
     seen: Counter[str] = Counter()
     totals: dict[str, int] = {}
     for s in shards:
@@ -41,6 +42,15 @@ def done_clip_keys(shards: list[ShardInfo]) -> set[str]:
             seen[clip_key] += 1
             totals[clip_key] = total
     return {k for k, n in seen.items() if n >= totals[k]}
+
+
+def kept_failures(path: Path, done: set[str]) -> list[str]:
+    """Ledger lines of an earlier run for clips this run skips as done (a short segment of a written clip):
+    they stay in the ledger, since the clip is not processed again to record them anew."""
+    if not path.exists():
+        return []
+    lines = [ln for ln in path.read_text().splitlines(keepends=True) if ln.strip()]
+    return [ln for ln in lines if re.sub(r"_s[0-9]+$", "", json.loads(ln)["key"]) in done]
 
 
 def write_manifest(out: Path, job: ShardJob) -> dict:
@@ -152,8 +162,11 @@ def run_shard(job: ShardJob) -> int:
     errs: list[float] = []
     t0 = time.time()
     print(f"rank {rank}/{world}: {len(mine)} clips, {skipped} already in complete shards, {len(todo)} to do -> {job.out}", file=sys.stderr)
+    kept = kept_failures(fail_path, {c.key for c in mine if c.key in done})
     with open(fail_path, "w") as fails, tqdm(total=len(todo), unit="clip", disable=not job.progress, dynamic_ncols=True) as bar:
         try:
+            fails.writelines(kept)
+            reasons.update(json.loads(ln)["stage"] for ln in kept)
             for res in _results(job, todo):
                 for split, sample in res.samples:
                     writer.write(split, sample)

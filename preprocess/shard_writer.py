@@ -28,7 +28,7 @@ class ShardInfo:
     split: str
     keys: list[str] = field(default_factory=list)
     frames: int = 0
-    clip_segments: list[tuple[str, int]] = field(default_factory=list)  # (clip key, segments of that clip)
+    clip_segments: list[tuple[str, int]] = field(default_factory=list)  # (clip key, samples that clip makes: its segments long enough)
     config_hashes: set[str] = field(default_factory=set)  # processing settings the samples were made with
 
 
@@ -44,7 +44,7 @@ def read_shard_info(path: Path) -> ShardInfo:
                 meta = json.loads(f.read()) if f else {}
                 info.keys.append(key)
                 info.frames += int(meta.get("num_frames", 0))
-                info.clip_segments.append((meta.get("clip_key", key), int(meta.get("segments_total", 1))))
+                info.clip_segments.append((meta.get("clip_key", key), int(meta.get("segments_kept", meta.get("segments_total", 1)))))
                 info.config_hashes.add(str(meta.get("config_hash")))
     return info
 

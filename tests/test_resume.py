@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from preprocess.errors import ConfigError
-from preprocess.runner import EXIT_OK, run_shard
+from preprocess.runner import EXIT_OK, EXIT_SOME_FAILED, run_shard
 from tests.test_shard_pipeline import small_job
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +85,19 @@ def test_rerun_is_idempotent_and_overwrite_redoes(good_root: Path, tmp_path: Pat
     job.overwrite = False
     assert run_shard(job) == EXIT_OK  # and with the same settings a rerun resumes again
     assert "skipped (already written)  3" in capsys.readouterr().out
+
+
+def test_clip_with_a_too_short_segment_is_not_redone_and_keeps_its_ledger_line(folder_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "in" / "spk_b"
+    root.mkdir(parents=True)
+    shutil.copy(folder_root / "spk_b" / "face_lost.mp4", root)  # face segments of 20 and 25 frames
+    job = small_job(tmp_path / "in", tmp_path / "out")
+    job.min_seconds = 0.9  # 22 frames: the first segment is a ledger line, the second a sample
+    for _ in range(2):  # the rerun finds the clip done: no second copy of its sample, the ledger line stays
+        assert run_shard(job) == EXIT_SOME_FAILED
+        assert shard_keys(job.out) == ["folder_spk_b_face_lost_s1"]
+        ledger = [json.loads(ln) for ln in (job.out / "failures.jsonl").read_text().splitlines()]
+        assert [(f["key"], f["stage"]) for f in ledger] == [("folder_spk_b_face_lost_s0", "length")]
 
 
 def test_dry_run_writes_nothing(good_root: Path, tmp_path: Path, capsys) -> None:
