@@ -395,7 +395,7 @@ def evaluate(args: argparse.Namespace) -> str:
     notes.append("cross-audio has no ground truth: LMD, LPIPS, SSIM and PSNR are reconstruction-only; CSIM is against the reference frame")
     notes.append(f"split {'+'.join(args.split)} of {args.shards}, {device.type}; FD on a few hundred frames is a small-sample estimate")
     if args.fd_every > 1 or args.identity_every > 1:
-        notes.append(f"FID/FD_effnet on every {args.fd_every}. frame, CSIM on every {args.identity_every}. frame")
+        notes.append(f"FID/FD_effnet on one frame in {args.fd_every}, CSIM on one frame in {args.identity_every}")
     table = write_tables(all_rows, out, notes)
     (out / "runs.json").write_text(json.dumps(where, indent=1))
     return table + ("\nMLflow: metrics eval/<setting>/<metric> and artifacts eval/ of " + "; ".join(where) + "\n" if where else "")
