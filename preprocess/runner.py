@@ -6,7 +6,6 @@ import json
 import multiprocessing as mp
 import os
 import random
-import re
 import sys
 import time
 import traceback
@@ -20,6 +19,7 @@ from preprocess.config import ShardJob
 from preprocess.datasets import Clip, list_clips, read_speaker_map
 from preprocess.errors import ClipError, ConfigError
 from preprocess.face_model import FaceModel
+from preprocess.schema import clip_key_of
 from preprocess.shard_writer import ShardInfo, SplitShardWriter, scan_shards
 
 EXIT_OK, EXIT_CONFIG, EXIT_SOME_FAILED = 0, 2, 3
@@ -50,7 +50,7 @@ def kept_failures(path: Path, done: set[str]) -> list[str]:
     if not path.exists():
         return []
     lines = [ln for ln in path.read_text().splitlines(keepends=True) if ln.strip()]
-    return [ln for ln in lines if re.sub(r"_s[0-9]+$", "", json.loads(ln)["key"]) in done]
+    return [ln for ln in lines if clip_key_of(json.loads(ln)["key"]) in done]
 
 
 def write_manifest(out: Path, job: ShardJob) -> dict:

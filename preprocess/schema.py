@@ -30,6 +30,11 @@ def make_key(*parts: str | int) -> str:
     return "_".join(re.sub(r"[^A-Za-z0-9_-]+", "-", str(p)).strip("-_") for p in parts)
 
 
+def clip_key_of(key: str) -> str:
+    """The clip key of a segment's sample or ledger key (``make_key(clip_key, "s<i>")``, see ``ClipProcessor._seg_key``)."""
+    return re.sub(r"_s[0-9]+$", "", key)
+
+
 def _npy(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a, allow_pickle=False)
