@@ -19,6 +19,11 @@ from metrics.correlation import PearsonFromSums
 from preprocess.face_model import FaceModel
 
 
+def centred(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x [B, T] minus its mean over each row's masked frames."""
+    return x - (x * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+
+
 class A2EEvalMetrics(StageMetrics):
     """Validation/test metrics of one stage (one instance per stage, reduced across ranks by torchmetrics)."""
 
@@ -33,6 +38,10 @@ class A2EEvalMetrics(StageMetrics):
         self.mouth_vertex_mm_clip_mean = MeanMetric()  # the same for the clip-mean predictor
         self.mouth_vertex_mm_history_mean = MeanMetric()  # and for the history-mean predictor
         self.lip_open_corr = PearsonFromSums()  # predicted vs true inner-lip opening over time
+        # the history mean's opening is one level per window: how much of lip_open_corr the level alone explains
+        self.lip_open_corr_history_mean = PearsonFromSums()
+        # both openings minus their window's mean: does the mouth move with the audio within 0.64 s, level aside
+        self.lip_motion_corr = PearsonFromSums()
         # exp_mse split: the part of Δβ in the lips' subspace of β (FaceModel.mouth_subspace); the rest is exp_mse minus it
         self.exp_mse_mouth = MeanMetric()
         self.exp_mse_mouth_clip_mean = MeanMetric()
@@ -48,6 +57,7 @@ class A2EModule(L.LightningModule):
         num_history: N (linked from the data config).
         face_model: face model ``.npz`` of the shards (linked from the data config; None = shipped default).
         lambda_vertex: weight λ_v of the mouth-vertex loss.
+        lambda_rest: weight of the expression MSE outside the lips' subspace of β (1 = the paper's loss).
         inference_overlap: frames shared by neighbouring windows in ``predict`` (None = half the window).
         optimizer: optimizer factory, chosen in YAML.
         scheduler: optional LR scheduler factory, stepped every optimizer step.
@@ -60,6 +70,7 @@ class A2EModule(L.LightningModule):
         num_history: int = 16,
         face_model: str | None = None,
         lambda_vertex: float = 0.1,
+        lambda_rest: float = 1.0,
         inference_overlap: int | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
@@ -72,9 +83,8 @@ class A2EModule(L.LightningModule):
         save_hparams(self, networks=["net"], factories=["optimizer", "scheduler"])
         self.hparams.inference_overlap = inference_overlap
         self.net = net
-        self.loss = A2ELoss(FaceModel(face_model), lambda_vertex)
+        self.loss = A2ELoss(FaceModel(face_model), lambda_vertex, lambda_rest)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.register_buffer("mouth_subspace", self.face_model.mouth_subspace(), persistent=False)
         self.eval_metrics = nn.ModuleDict({"val": A2EEvalMetrics(), "test": A2EEvalMetrics()})
 
     @property
@@ -97,12 +107,10 @@ class A2EModule(L.LightningModule):
         self.log_dict(logs, on_epoch=True, sync_dist=True, batch_size=bs)
         m, mask = self.eval_metrics[stage], batch["mask"].float()
         with torch.autocast(pred.device.type, enabled=False):  # vertex offsets are sub-mm differences of ~100 mm coordinates
-            exp, de = batch["exp"], batch["exp"].shape[-1]
             for name, guess in (("", pred), ("_clip_mean", batch["exp_mean"][:, None]), ("_history_mean", batch["history"].mean(1, keepdim=True))):
-                err = guess - exp
-                getattr(m, f"exp_mse{name}").update(err.pow(2).mean(-1), mask)
-                # /De, not /k: the mouth part and the rest add up to exp_mse
-                getattr(m, f"exp_mse_mouth{name}").update((err @ self.mouth_subspace).pow(2).sum(-1) / de, mask)
+                mouth_part, rest = self.loss.split_mse(guess - batch["exp"])
+                getattr(m, f"exp_mse{name}").update(mouth_part + rest, mask)
+                getattr(m, f"exp_mse_mouth{name}").update(mouth_part, mask)
             fm, mouth = self.face_model, self.loss.mouth
             pred_v = fm.vertices(batch["shape"], pred)
             true_v = fm.vertices(batch["shape"], batch["exp"])
@@ -111,7 +119,10 @@ class A2EModule(L.LightningModule):
             m.mouth_vertex_mm.update((pred_v[..., mouth, :] - true_v[..., mouth, :]).norm(dim=-1).mean(-1), mask)
             m.mouth_vertex_mm_clip_mean.update((mean_v[..., mouth, :] - true_v[..., mouth, :]).norm(dim=-1).mean(-1), mask)
             m.mouth_vertex_mm_history_mean.update((hist_v[..., mouth, :] - true_v[..., mouth, :]).norm(dim=-1).mean(-1), mask)
-            m.lip_open_corr.update(fm.mouth_opening(pred_v), fm.mouth_opening(true_v), mask)
+            pred_open, true_open = fm.mouth_opening(pred_v), fm.mouth_opening(true_v)
+            m.lip_open_corr.update(pred_open, true_open, mask)
+            m.lip_open_corr_history_mean.update(fm.mouth_opening(hist_v), true_open, mask)
+            m.lip_motion_corr.update(centred(pred_open, mask), centred(true_open, mask), mask)
         m.log_to(self, stage, bs)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
