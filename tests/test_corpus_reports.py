@@ -32,11 +32,28 @@ def test_table5_groups_runs_by_their_switches_over_seeds(tmp_path):
         client.set_terminated(run.info.run_id)
     out = table("t5", uri)
     rows = {line.split("|")[1].strip(): line for line in out.splitlines()[2:]}
-    assert "| 2 | 0.600 ± 0.141 | 0.300 ± 0.071 | 1.200 ± 0.283 | 0.800 ± 0.000 |" in rows["A2E, priors: both"]
-    assert "| 1 | 0.900 | 0.450 | 1.800 | 0.800 |" in rows["A2E, priors: none"]
-    assert "| 3 | 1.000 ± 0.000 | — | — | — |" in rows["history mean"]
+    assert "| 2 | 0.600 ± 0.141 | 0.300 ± 0.071 | 1.200 ± 0.283 | 0.800 ± 0.000 | — |" in rows["A2E, priors: both"]
+    assert "| 1 | 0.900 | 0.450 | 1.800 | 0.800 | — |" in rows["A2E, priors: none"]
+    assert "| 3 | 1.000 ± 0.000 | — | — | — | — |" in rows["history mean"]
     only = {line.split("|")[1].strip(): line for line in table("t5", uri, match="run-[02]").splitlines()[2:]}
     assert "| 1 | 0.500 |" in only["A2E, priors: both"] and "| 1 | 0.900 |" in only["A2E, priors: none"]
+
+
+def test_table5_at_best_takes_every_value_at_the_lowest_validation_loss(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("t5", artifact_location=str(tmp_path / "artifacts"))
+    run = client.create_run(exp, run_name="r")
+    for step, (loss, mse, hist) in enumerate(((1.0, 0.9, 0.8), (0.5, 0.7, 0.8), (0.8, 0.6, 0.8))):
+        for key, value in (("val/loss/total", loss), ("val/exp_mse", mse), ("val/exp_mse_history_mean", hist)):
+            client.log_metric(run.info.run_id, key, value, step=step)
+    client.set_terminated(run.info.run_id)
+    best = {line.split("|")[1].strip(): line for line in table("t5", uri, at="best").splitlines()[2:]}
+    last = {line.split("|")[1].strip(): line for line in table("t5", uri).splitlines()[2:]}
+    assert "| 1 | 0.700 |" in best["A2E, priors: both"] and "| 1 | 0.600 |" in last["A2E, priors: both"]
+    assert "| 1 | 0.800 |" in best["history mean"]
 
 
 def test_lips_follow_audio_is_high_for_lips_driven_by_loudness_and_low_for_shuffled_ones():

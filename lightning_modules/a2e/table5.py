@@ -4,7 +4,8 @@ Groups an experiment's finished A2E runs by their ablation switches (``use_shape
 and prints, per group, mean ± standard deviation over its runs (seeds) of the last validation
 values (or, with ``--at best``, the values at each run's validation point of lowest ``val/loss/total``:
 early stopping on the split's validation speakers): expression MSE (and its part in the lips' subspace of β, ``FaceModel.mouth_subspace``),
-mouth-vertex error (mm) and lip-opening correlation; beside them the two
+mouth-vertex error (mm), lip-opening correlation and its within-window part (the opening's motion, level
+aside; runs from before that metric show —); beside them the two
 predictors that need no training, on the same windows: the history mean (available at inference)
 and the clip mean (an oracle: it knows the clip's average expression).
 """
@@ -25,12 +26,14 @@ METRICS = {
     "of which lips' subspace": "val/exp_mse_mouth",
     "mouth vertex mm": "val/mouth_vertex_mm",
     "lip-opening r": "val/lip_open_corr",
+    "lip-motion r (within window)": "val/lip_motion_corr",
 }
 BASELINES = {
     "history mean": {
         "expression MSE": "val/exp_mse_history_mean",
         "of which lips' subspace": "val/exp_mse_mouth_history_mean",
         "mouth vertex mm": "val/mouth_vertex_mm_history_mean",
+        "lip-opening r": "val/lip_open_corr_history_mean",
     },
     "clip mean (oracle)": {
         "expression MSE": "val/exp_mse_clip_mean",
