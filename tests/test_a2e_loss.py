@@ -44,3 +44,11 @@ def test_the_split_adds_up_to_the_mse_and_lambda_rest_weights_only_the_rest(face
 def test_negative_weights_are_refused(face_model):
     with pytest.raises(ValueError, match="lambda_rest"):
         A2ELoss(face_model, 0.1, lambda_rest=-1.0)
+
+
+def test_centred_removes_each_windows_mean_over_its_seen_frames():
+    from lightning_modules.a2e.module import centred
+
+    x = torch.tensor([[1.0, 2.0, 3.0, 100.0], [5.0, 5.0, 5.0, 5.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    assert torch.allclose(centred(x, mask)[:, :3], torch.tensor([[-1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]))
