@@ -57,7 +57,7 @@ class A2ELoss(nn.Module):
             pred = pred.float()
             mouth_part, rest = self.split_mse(pred - batch["exp"])
             exp_mse = masked_mean(mouth_part + rest, batch["mask"])
-            weighted = exp_mse if self.lambda_rest == 1 else masked_mean(mouth_part + self.lambda_rest * rest, batch["mask"])
+            weighted = masked_mean(mouth_part + self.lambda_rest * rest, batch["mask"])
             true_v = self.mouth_vertices(batch["shape"], batch["exp"], batch["pose"])
             pred_v = self.mouth_vertices(batch["shape"], pred, batch["pose"])
             vertex = masked_mean((pred_v - true_v).pow(2).sum(-1).mean(-1), batch["mask"])
