@@ -4,10 +4,9 @@ Reads the ``<key>.npz`` files that ``predict`` writes (``ExpressionWriter``: Î²Ì
 clip) and the shards they came from, and prints per clip: frames, speaker, how closely the *fitted*
 lips follow the sound's loudness (``preprocess.shard_report.lips_follow_audio``: the data's own
 audio-lip tie), the same for the *predicted* lips, and the correlation of predicted with fitted
-inner-lip opening within the clip. Across clips it prints the correlation of the last column with
-the first: if the A2E reads lips from audio, it should match the fitted lips best where they follow
-the audio, so a clip set whose fitted lips barely follow their sound caps the lip-opening r an
-audio model can reach there.
+inner-lip opening within the clip. Across clips it prints how that last r relates to the fitted
+lips' loudness tie: whether the A2E matches the fitted lips best on the clips whose lips follow
+their sound, as it would if that tie were what limits it.
 """
 
 from __future__ import annotations
@@ -17,17 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from preprocess.face_model import FaceModel
 from preprocess.preview import iter_samples
-from preprocess.shard_report import lips_follow_audio
-
-
-def opening(fm: FaceModel, shape: np.ndarray, exp: np.ndarray) -> np.ndarray:
-    """Inner-lip opening (mm) of each frame at the clip's shape."""
-    with torch.no_grad():
-        return fm.mouth_opening(fm.vertices(torch.from_numpy(shape.astype(np.float32)), torch.from_numpy(exp.astype(np.float32)))).numpy()
+from preprocess.shard_report import lip_opening, lips_follow_audio
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -45,8 +37,8 @@ def clip_rows(predictions: Path, shards: Path, face_model: str | None) -> list[d
         t = min(len(p["exp_pred"]), len(c["exp"]))
         valid = c["valid"][:t].astype(bool)
         audio = sample["audio"] if sample["audio"].ndim == 1 else sample["audio"].mean(1)
-        true_open = opening(fm, c["shape"][:t], c["exp"][:t])
-        pred_open = opening(fm, c["shape"][:t], p["exp_pred"][:t])
+        true_open = lip_opening(fm, {"shape": c["shape"][:t], "exp": c["exp"][:t]})
+        pred_open = lip_opening(fm, {"shape": c["shape"][:t], "exp": p["exp_pred"][:t]})
         rows.append({
             "clip": sample["__key__"], "speaker": sample["meta"]["speaker"], "frames": int(valid.sum()),
             "fitted lips follow loudness r": lips_follow_audio(audio, true_open, valid),
