@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_modules.evaluation.evaluate import baseline_crops, paste_back
+from lightning_modules.evaluation import evaluate as evaluate_module
+from lightning_modules.evaluation.evaluate import baseline_crops, generate, load_clips, load_system, paste_back
+from lightning_modules.tracking.checkpoints import resolve_checkpoint
 from lightning_modules.evaluation.table_metrics import default_metrics, every_nth
 from preprocess.media import decode_mp4, load_audio, probe
 from preprocess.weights import weights_available
@@ -43,13 +45,13 @@ def test_evaluate_writes_the_table_videos_with_audio_and_mlflow_metrics(trained)
         "--shards", str(trained / "shards"), "--out", str(trained / "out"), "--videos", "1", "--calibration", "--metrics", *chosen,
         "--identity-every", "4",  # dlib's identity network is ~150 ms a frame here
         "--fd-every", "2",
-        "--baselines", "reference", "blur",
+        "--baselines", "reference", "blur", "--fitted",
     )
     assert "| reconstruction |" in proc.stdout and "| cross-audio |" in proc.stdout, proc.stdout
     rows = list(csv.DictReader(open(trained / "out" / "table.csv")))
     systems = {(r["system"], r["setting"]) for r in rows}
     assert {("a2e-both + renderer", "reconstruction"), ("a2e-nohistory + renderer", "cross-audio")} <= systems
-    by_history = {r["use_history"] for r in rows if r["setting"] == "reconstruction" and not r["system"].startswith("baseline:")}
+    by_history = {r["use_history"] for r in rows if r["setting"] == "reconstruction" and not r["system"].startswith(("baseline:", "fitted β"))}
     assert by_history == {"True", "False"}  # the ablation switch is reported per row (Table 5)
     recon = next(r for r in rows if r["system"] == "a2e-both + renderer" and r["setting"] == "reconstruction")
     assert 0 < float(recon["SSIM"]) < 1 and float(recon["PSNR"]) > 5 and float(recon["FD_effnet"]) >= 0 and float(recon["ms/frame"]) > 0
@@ -61,6 +63,9 @@ def test_evaluate_writes_the_table_videos_with_audio_and_mlflow_metrics(trained)
     baselines = [r for r in rows if r["system"].startswith("baseline:")]
     assert len(baselines) == 2 and {r["setting"] for r in baselines} == {"reconstruction"}  # once, not per A2E
     assert all(0 < float(r["SSIM"]) < 1 and float(r["PSNR mouth"]) > 0 for r in baselines)  # LMD is left out: dlib may find no face in synthetic frames
+    fitted = [r for r in rows if r["system"].startswith("fitted β")]
+    assert [(r["system"], r["setting"]) for r in fitted] == [("fitted β (a perfect A2E) + renderer", "reconstruction")]  # once per renderer
+    assert float(fitted[0]["SSIM"]) != pytest.approx(float(recon["SSIM"]), abs=1e-6)  # other coefficients, other pixels
     itself = next(r for r in rows if r["setting"] == "vs itself")
     assert float(itself["SSIM"]) == pytest.approx(1.0, abs=1e-4)  # float32 SSIM maps
 
@@ -78,8 +83,20 @@ def test_evaluate_writes_the_table_videos_with_audio_and_mlflow_metrics(trained)
     assert metrics["eval/a2e-both/reconstruction/ssim"] == pytest.approx(float(recon["SSIM"]))
     assert "eval/a2e-nohistory/cross-audio/fd_effnet" in metrics
     assert "eval/a2e-both/baseline-blur/reconstruction/ssim" in metrics
+    assert metrics["eval/a2e-both/fitted/reconstruction/ssim"] == pytest.approx(float(fitted[0]["SSIM"]))
     artifacts = {f.path for f in client.list_artifacts(renderer.info.run_id, "eval")}
     assert {"eval/table.md", "eval/videos"} <= artifacts
+
+
+def test_fitted_drives_the_renderer_with_the_clips_own_expressions(trained, monkeypatch) -> None:
+    ck = trained / "checkpoints" / "realtalk"
+    system = load_system(resolve_checkpoint(str(ck / "a2e-both")), resolve_checkpoint(str(ck / "renderer")), str(trained / "shards"), torch.device("cpu"))
+    clip = load_clips(system.data, ["test"], 1)[0]
+    seen = []
+    monkeypatch.setattr(evaluate_module, "redraw", lambda net, masker, source, reference, shape, exp, *rest: seen.append(exp) or (source, source[:, :1]))
+    monkeypatch.setattr(evaluate_module, "predict_expressions", lambda *a: pytest.fail("the A2E ran for the fitted row"))
+    list(generate(system, clip, clip, 10, torch.device("cpu"), fitted=True))
+    assert torch.equal(torch.cat(seen), torch.from_numpy(clip["coeffs"]["exp"].astype(np.float32)))
 
 
 def test_evaluate_stops_on_a_bad_pairing_file(trained, tmp_path) -> None:

@@ -11,6 +11,9 @@ video with the driving audio (mp4), also logged to MLflow.
 ``--baselines`` adds, in the reconstruction setting, two predictors that need no training, drawn under
 the same mask and pasted the same way: the reference frame's lower face, and the source itself
 blurred inside the mask (its low frequencies: roughly where the mouth is, not how it looks).
+``--fitted`` adds, in the reconstruction setting, each renderer driven by the clip's own fitted
+expressions instead of the A2E's: a perfect A2E, so that the row tells the renderer's share of the
+error from the A2E's.
 
 Runs in one process (CPU or one GPU). Metrics whose weights are missing are left out of the
 default set and shown as "—"; asking for one explicitly without its weights is an error.
@@ -61,6 +64,7 @@ class System:
     renderer: RendererModule
     data: RendererDataModule
     label: str
+    renderer_label: str
     run: dict[str, str] | None
     params: dict[str, Any]
 
@@ -80,7 +84,7 @@ def load_system(a2e_ckpt: Path, renderer_ckpt: Path, shards: str, device: torch.
         "blocks": renderer.net.blocks,
         "image_size": data.hparams.image_size,
     }
-    return System(a2e, renderer, data, f"{names['a2e']} + {names['renderer']}", runs["renderer"] or None, params)
+    return System(a2e, renderer, data, f"{names['a2e']} + {names['renderer']}", names["renderer"], runs["renderer"] or None, params)
 
 
 # -- clips and pairings ---------------------------------------------------------------------------
@@ -134,23 +138,29 @@ def external_audio(path: str, clip: dict[str, Any]) -> dict[str, Any]:
 
 # -- generation -----------------------------------------------------------------------------------
 @torch.no_grad()
-def generate(system: System, video: dict[str, Any], audio: dict[str, Any], batch: int, device: torch.device) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, float]]:
+def generate(
+    system: System, video: dict[str, Any], audio: dict[str, Any], batch: int, device: torch.device, fitted: bool = False
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, float]]:
     """Yield (first frame, generated crops, true crops, masks, seconds) for ``video`` driven by ``audio``.
 
     Crops are [n, 3, crop, crop] in [0, 1]: the renderer's output upsampled to the crop size and
     pasted into the true crop under the mask (see :func:`~lightning_modules.inference.compose.redraw`).
+    ``fitted`` drives the renderer with the clip's own fitted expressions instead of the A2E's.
     """
     a2e, renderer, data = system.a2e, system.renderer, system.data
     c, crop, size = video["coeffs"], int(video["meta"]["crop_size"]), data.hparams.image_size
     frames = min(len(c["exp"]), len(audio["audio_feats"]) // 2)
-    rng = np.random.default_rng(0)
-    history = c["exp"][rng.choice(len(c["exp"]), a2e.hparams.num_history, replace=len(c["exp"]) < a2e.hparams.num_history)]
     as_t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32)).to(device)  # noqa: E731
     sync(device)
     start = time.perf_counter()
-    exp_pred = predict_expressions(
-        a2e.net, as_t(audio["audio_feats"][: 2 * frames]), as_t(c["shape"][0]), as_t(history), a2e.hparams.window, a2e.hparams.inference_overlap
-    )
+    if fitted:
+        exp_pred = as_t(c["exp"][:frames])
+    else:
+        rng = np.random.default_rng(0)
+        history = c["exp"][rng.choice(len(c["exp"]), a2e.hparams.num_history, replace=len(c["exp"]) < a2e.hparams.num_history)]
+        exp_pred = predict_expressions(
+            a2e.net, as_t(audio["audio_feats"][: 2 * frames]), as_t(c["shape"][0]), as_t(history), a2e.hparams.window, a2e.hparams.inference_overlap
+        )
     sync(device)
     a2e_seconds = time.perf_counter() - start
     reference = to_images(video["frames"][valid_frames(video)[:1]], size).to(device)
@@ -335,6 +345,7 @@ def evaluate(args: argparse.Namespace) -> str:
     identity = ArcFaceIdentity(args.arcface_weights, faces, args.device) if args.arcface_weights and "csim" in chosen else None
     out = Path(args.out)
     all_rows, notes, where, calibrated = [], [], [], False
+    with_fitted: set[Path] = set()
     for a2e_ckpt in map(resolve_checkpoint, args.a2e):
         for renderer_ckpt in map(resolve_checkpoint, args.renderer):
             system = load_system(a2e_ckpt, renderer_ckpt, args.shards, device)
@@ -355,6 +366,8 @@ def evaluate(args: argparse.Namespace) -> str:
                 sm = metrics()
                 # the baselines once, beside the first system: they depend on the clips and the mask, not on the A2E
                 baselines = {b: metrics() for b in args.baselines} if setting == "reconstruction" and not all_rows else {}
+                # the fitted-β row once per renderer: it does not depend on the A2E either
+                fitted = metrics() if args.fitted and setting == "reconstruction" and renderer_ckpt not in with_fitted else None
                 for n, (i, driver) in enumerate(tqdm(pairs, desc=f"{setting} ({system.label})", unit="clip")):
                     video = clips[i]
                     reference = unit_frames(video["frames"][valid_frames(video)[:1]])
@@ -366,6 +379,9 @@ def evaluate(args: argparse.Namespace) -> str:
                         if n < args.videos:
                             crops.append(to_uint8_hwc(fake))
                             masks.append(mask[:, 0].numpy())
+                    if fitted is not None:
+                        for first, fake, real, mask, seconds in generate(system, video, driver, args.batch_size, device, fitted=True):
+                            fitted.update(fake, real, reference, mask, first, seconds)
                     if n < args.videos:
                         frames = paste_back(video, np.concatenate(crops), np.concatenate(masks))
                         path = folder / "videos" / f"{setting}_{video['__key__']}_by_{driver['__key__']}.mp4"
@@ -373,6 +389,10 @@ def evaluate(args: argparse.Namespace) -> str:
                 rows.append({"system": system.label, "setting": setting, "params": system.params, **sm.row()})
                 for b, bm in baselines.items():
                     rows.append({"system": BASELINES[b], "setting": setting, "params": {}, **bm.row(), "ms/frame": None, "mlflow_prefix": f"baseline-{b}/"})
+                if fitted is not None:
+                    rows.append({"system": f"fitted β (a perfect A2E) + {system.renderer_label}", "setting": setting, "params": {}, **fitted.row(),
+                                 "ms/frame": None, "mlflow_prefix": "fitted/"})
+                    with_fitted.add(renderer_ckpt)
             write_tables(rows, folder, [])
             prefix = "eval/" if len(args.a2e) == 1 else f"eval/{Path(a2e_ckpt).parent.name}/"
             if not args.no_mlflow and (run := log_to_mlflow(system, rows, folder, videos, prefix)):
@@ -424,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="evaluation", help="output folder (tables, videos)")
     p.add_argument("--baselines", nargs="*", choices=sorted(BASELINES), default=[],
                    help="reconstruction-setting rows for predictors that need no training: 'reference' (the reference frame's lower face) and 'blur' (the source blurred in the mask)")
+    p.add_argument("--fitted", action="store_true",
+                   help="a reconstruction row per renderer driven by each clip's own fitted expressions instead of the A2E's (a perfect A2E)")
     p.add_argument("--calibration", action="store_true", help="add rows scoring the real frames against themselves, moved 3 px, and another clip")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to the renderer's MLflow run")
     return p
