@@ -13,8 +13,8 @@ import torch
 
 from lightning_modules.evaluation import evaluate as evaluate_module
 from lightning_modules.evaluation.evaluate import baseline_crops, generate, load_clips, load_system, paste_back
-from lightning_modules.tracking.checkpoints import resolve_checkpoint
 from lightning_modules.evaluation.table_metrics import default_metrics, every_nth
+from lightning_modules.tracking.checkpoints import resolve_checkpoint
 from preprocess.media import decode_mp4, load_audio, probe
 from preprocess.weights import weights_available
 from tests.conftest import write_video
