@@ -35,6 +35,9 @@ class RendererDataModule(ShardDataModule):
         mask_feather: soft-edge width (Gaussian sigma), fraction of the image side.
         mask_neck: the learnable mask also covers the neck below the jaw line.
         reference: ``first`` (the clip's first seen frame, as in the paper) or ``random`` (another random frame).
+        colour_jitter: training only: recolour each example's source and reference together by a
+            random per-channel gain exp(U(±j)) and offset U(±j/2) (0 = off), so that a renderer trained
+            on few identities takes the lower face's colours from the reference instead of remembering them.
         frames_per_clip: training examples drawn from each decoded clip.
         eval_stride: validation/test use every n-th frame of each clip.
         batch_size: examples per batch and rank.
@@ -59,6 +62,7 @@ class RendererDataModule(ShardDataModule):
         mask_feather: float = 0.01,
         mask_neck: bool = True,
         reference: Literal["first", "random"] = "first",
+        colour_jitter: float = 0.0,
         frames_per_clip: int = 8,
         eval_stride: int = 8,
         batch_size: int = 8,
@@ -72,6 +76,8 @@ class RendererDataModule(ShardDataModule):
         super().__init__()
         if image_size < 16 or frames_per_clip < 1 or eval_stride < 1 or batch_size < 1:
             raise ValueError(f"need image_size >= 16 and frames_per_clip, eval_stride, batch_size >= 1; got {image_size}, {frames_per_clip}, {eval_stride}, {batch_size}")
+        if not 0 <= colour_jitter <= 1:
+            raise ValueError(f"colour_jitter must be in [0, 1]; got {colour_jitter}")
         self.save_hyperparameters()
         self.masker = FaceMasker(face_model, mask, mask_dilation, mask_feather, mask_neck)
 
@@ -94,7 +100,8 @@ class RendererDataModule(ShardDataModule):
         if len(valid := self._seen_frames(key, clip)) == 0:
             return
         sources = rng.choice(valid, self.hparams.frames_per_clip, replace=len(valid) < self.hparams.frames_per_clip)
-        yield from frame_examples(clip, sources, self._reference(valid, sources, rng), self.hparams.image_size, self.masker)
+        references = self._reference(valid, sources, rng)
+        yield from frame_examples(clip, sources, references, self.hparams.image_size, self.masker, self.hparams.colour_jitter, rng)
 
     def eval_items(self, key: str, clip: dict[str, Any]) -> Iterator[dict[str, Any]]:
         if len(valid := self._seen_frames(key, clip)) == 0:

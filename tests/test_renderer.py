@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
@@ -130,6 +131,30 @@ def test_one_gan_step_in_bf16_updates_generator_and_critic(frames):
     assert any(k.startswith("net.") for k in changed) and any(k.startswith("discriminator.") for k in changed)
     assert not any(k.startswith("loss.perceptual") for k in changed)  # frozen backbone
     assert int(module.generator_steps) == 1 and trainer.global_step == 2  # one generator + one critic step
+
+
+def test_colour_jitter_recolours_source_and_reference_alike_and_only_in_training(frames):
+    plain = RendererDataModule(str(frames), image_size=64, num_workers=0, frames_per_clip=3)
+    jittered = RendererDataModule(str(frames), image_size=64, num_workers=0, frames_per_clip=3, colour_jitter=0.3)
+    clip = plain.decode(next(iter(plain.raw_samples("train"))))
+    before = list(plain.train_items(clip["__key__"], clip, np.random.default_rng(1)))
+    after = list(jittered.train_items(clip["__key__"], clip, np.random.default_rng(1)))
+    assert [e["frame"] for e in before] == [e["frame"] for e in after]
+    for b, a in zip(before, after):
+        for c in range(3):
+            # one affine map per channel: fitted on the source's unclipped pixels, it must also give the reference
+            x, y = b["source"][c].flatten(), a["source"][c].flatten()
+            keep = y.abs() < 0.999
+            gain, offset = np.polyfit(x[keep].numpy(), y[keep].numpy(), 1)
+            assert abs(gain - 1) > 1e-3 or abs(offset) > 1e-3  # recoloured
+            ref, ref_after = b["reference"][c], a["reference"][c]
+            keep = ref_after.abs() < 0.999
+            assert torch.allclose(ref[keep] * float(gain) + float(offset), ref_after[keep], atol=1e-3)
+        assert torch.equal(b["mask"], a["mask"]) and torch.equal(b["exp"], a["exp"])
+    evals = [list(dm.eval_items(clip["__key__"], clip)) for dm in (plain, jittered)]
+    assert all(torch.equal(p["source"], j["source"]) for p, j in zip(*evals))  # validation sees true colours
+    with pytest.raises(ValueError, match="colour_jitter"):
+        RendererDataModule(str(frames), colour_jitter=1.5)
 
 
 def test_missing_perceptual_weights_are_a_clear_error(tmp_path):
