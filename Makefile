@@ -87,11 +87,11 @@ a2e-corpus: corpus-shards ## the default A2E on the corpus end to end: shards ->
 CORPUS_RENDERER_TIME ?= 00:00:30:00
 CORPUS_A2E ?= checkpoints/a2e-corpus
 
-renderer-corpus: corpus-shards ## the CPU real-time renderer (128 px) on the corpus's training speakers for CORPUS_RENDERER_TIME (DD:HH:MM:SS), then evaluate on the val speakers with CORPUS_A2E's newest checkpoint, beside the two baselines that need no training
+renderer-corpus: corpus-shards ## the CPU real-time renderer (128 px) on the corpus's training speakers for CORPUS_RENDERER_TIME (DD:HH:MM:SS), then evaluate on the val speakers with CORPUS_A2E's newest checkpoint and with the fitted expressions (a perfect A2E), beside the two baselines that need no training
 	$(PY) -m lightning_modules fit $(RENDERER_CONFIGS) --config configs/experiment/renderer_cpu_realtime.yaml --config configs/experiment/renderer_corpus.yaml \
 	  --trainer.max_time $(CORPUS_RENDERER_TIME) --trainer.logger.init_args.run_name cpu128-$$(date +%Y%m%d-%H%M%S)
 	$(PY) -m lightning_modules evaluate --a2e $(CORPUS_A2E) --renderer checkpoints/renderer-corpus --shards sharded_data/talking --split val \
-	  --out evaluation/corpus --baselines reference blur --identity-every 5 --fd-every 5 --videos 2
+	  --out evaluation/corpus --baselines reference blur --fitted --identity-every 5 --fd-every 5 --videos 2
 
 renderer-grid: install ## renderer GAN on the 8 GRID clips at 128 px (CPU-sized; image grids and loss curves in MLflow)
 	$(PY) -m preprocess shard --config configs/preprocess/grid_dev.yaml
