@@ -60,7 +60,9 @@ def frame_examples(
     mask, teeth = masker(coeffs["shape"], coeffs["exp"], coeffs["pose"], coeffs["camera"], size)
     src, ref = to_images(sample["frames"][sources], size), to_images(sample["frames"][references], size)
     if jitter > 0:
-        src, ref = colour_jitter(src, ref, jitter, rng or np.random.default_rng())
+        if rng is None:  # the draws must come from the loader's seeded generator, or runs stop being repeatable
+            raise ValueError("colour jitter needs the caller's random generator")
+        src, ref = colour_jitter(src, ref, jitter, rng)
     return [
         {"source": src[i], "reference": ref[i], "mask": mask[i], "teeth": teeth[i], **{k: v[i] for k, v in coeffs.items()}, "key": sample["__key__"], "frame": int(t)}
         for i, t in enumerate(sources)

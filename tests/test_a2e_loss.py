@@ -45,10 +45,3 @@ def test_negative_weights_are_refused(face_model):
     with pytest.raises(ValueError, match="lambda_rest"):
         A2ELoss(face_model, 0.1, lambda_rest=-1.0)
 
-
-def test_centred_removes_each_windows_mean_over_its_seen_frames():
-    from lightning_modules.a2e.module import centred
-
-    x = torch.tensor([[1.0, 2.0, 3.0, 100.0], [5.0, 5.0, 5.0, 5.0]])
-    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
-    assert torch.allclose(centred(x, mask)[:, :3], torch.tensor([[-1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]))

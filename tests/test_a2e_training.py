@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from datamodules.a2e_datamodule import A2EDataModule
-from lightning_modules.a2e.module import A2EModule
+from lightning_modules.a2e.module import A2EModule, centred
 from lightning_modules.a2e.transformer import A2ETransformer
 from lightning_modules.cli import main
 from tests.synthetic_shards import AUDIO_NAME, write_synthetic_shards
@@ -62,3 +62,9 @@ def test_fast_dev_run_through_the_cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", *tiny_args(root), "--trainer.fast_dev_run", "true", "--trainer.logger", "false"])
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_centred_removes_each_windows_mean_over_its_seen_frames():
+    x = torch.tensor([[1.0, 2.0, 3.0, 100.0], [5.0, 5.0, 5.0, 5.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    assert torch.allclose(centred(x, mask)[:, :3], torch.tensor([[-1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]))
