@@ -19,13 +19,13 @@ from typing import Any, NoReturn
 
 import lightning as L
 from jsonargparse import ArgumentError
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from datamodules.shard_datamodule import ShardDataModule
 from lightning_modules.tracking.checkpoints import latest_checkpoint, run_of_checkpoint
+from lightning_modules.tracking.final_checkpoint import FinalStepCheckpoint
 from lightning_modules.tracking.run_logger import RUN_NAME_ENV, find_run_logger
 from lightning_modules.tracking.run_record import TrackingCallback
 from preprocess.errors import ConfigError
@@ -97,7 +97,7 @@ class RealTalkCLI(LightningCLI):
         return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - LightningArgumentParser
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FinalStepCheckpoint, "checkpoint")
         parser.set_defaults({"trainer.logger": DEFAULT_LOGGER})
         # validation by steps whatever the trainer preset: the epochs of a streamed dataset are arbitrary cuts
         parser.set_defaults({"trainer.check_val_every_n_epoch": None, "trainer.val_check_interval": 500})

@@ -184,11 +184,14 @@ def test_ddp_two_processes_bf16_one_run_and_resume(shards, tmp_path):
 
 
 def test_runs_are_tracked_by_default_resume_by_name_and_compare(shards, tmp_path):
-    """With only the model, data and tiny configs: the default MLflow run and per-run checkpoint folder. A second
-    run; then the first resumed by its name to step 40: still two runs, its metric steps continue, its optimizer
+    """With only the model, data and tiny configs: the default MLflow run and per-run checkpoint folder. The first
+    run ends at step 25, between two checkpoints (every 10), and still saves it. A second run; then the first resumed
+    by its name to step 40: still two runs, its metric steps continue without a step logged twice, its optimizer
     state restored; ``runs compare`` shows both."""
-    run_cli(tmp_path, "fit", *tiny_args(shards, base=MINIMAL))
+    run_cli(tmp_path, "fit", *tiny_args(shards, base=MINIMAL), "--trainer.max_steps", "25")
     first = mlflow_runs(tmp_path)[1][0].info.run_name
+    ended = torch.load(tmp_path / "checkpoints" / "realtalk" / first / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ended["global_step"] == 25
     run_cli(tmp_path, "fit", *tiny_args(shards, base=MINIMAL), "--trainer.logger.init_args.run_name", "second", "--model.init_args.net.init_args.d_model", "16")
     run_cli(tmp_path, "fit", *tiny_args(shards, base=MINIMAL), "--trainer.logger.init_args.run_name", first, "--ckpt_path", "last", "--trainer.max_steps", "40")
     client, runs = mlflow_runs(tmp_path)
@@ -201,7 +204,7 @@ def test_runs_are_tracked_by_default_resume_by_name_and_compare(shards, tmp_path
     assert ckpt_dir == tmp_path / "checkpoints" / "realtalk" / first
     last = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)
     adam_steps = {int(s["step"]) for s in last["optimizer_states"][0]["state"].values()}
-    assert adam_steps == {40} and last["global_step"] == 40  # a fresh optimizer would say 20
+    assert adam_steps == {40} and last["global_step"] == 40  # a fresh optimizer would say 15
     assert last["mlflow_run"]["run_id"] == run.info.run_id
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "config")]
     assert "config/config.yaml" in artifacts and len(artifacts) == 2  # the first config and the resume's
