@@ -91,6 +91,21 @@ def test_encoder_decoder_shapes_and_attention_scales():
         FIARenderer(**{**TINY, "attention_scales": (32,)})
 
 
+@pytest.mark.parametrize("after", [False, True])
+def test_source_skips_keep_their_colour_only_when_added_after_the_norm(after):
+    """A per-channel constant added to the source's skip features (1/2 … 1/16: its colour and light, roughly) is
+    removed by each stage's instance norm when the skip joins before it; after it, the output changes."""
+    torch.manual_seed(0)
+    net = FIARenderer(shape_dim=9, exp_dim=64, **TINY, skips_after_norm=after).eval()
+    x, m = torch.randn(2, 3, 64, 64), torch.zeros(2, 1, 64, 64)
+    src, ref = net.encoder(torch.cat([x, m], 1)), net.encoder(torch.cat([x, m], 1))
+    coeffs = torch.randn(2, net.coeff_dim)
+    shifted = [src[0]] + [f + torch.randn(1, f.shape[1], 1, 1) for f in src[1:]]
+    with torch.no_grad():
+        change = (net.decode(shifted, ref, coeffs) - net.decode(src, ref, coeffs)).abs().max().item()
+    assert change > 1e-2 if after else change < 1e-4
+
+
 def test_default_widths_land_near_the_papers_parameter_count():
     n = sum(p.numel() for p in FIARenderer(shape_dim=80, exp_dim=64).parameters())
     assert abs(n / 69.24e6 - 1) < 0.02

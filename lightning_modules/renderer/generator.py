@@ -91,9 +91,12 @@ class CrossAttention(nn.Module):
 class FIAStage(nn.Module):
     """One decoder stage: (upsample) → AdaIN → residual blocks → (cross-attention to the reference)."""
 
-    def __init__(self, cin: int, cout: int, enc: int, coeff_dim: int, mlp_hidden: int, blocks: int, upsample: bool, attention_heads: int | None, skip: bool) -> None:
+    def __init__(
+        self, cin: int, cout: int, enc: int, coeff_dim: int, mlp_hidden: int, blocks: int, upsample: bool, attention_heads: int | None, skip: bool,
+        skip_after_norm: bool = False,
+    ) -> None:
         super().__init__()
-        self.upsample = upsample
+        self.upsample, self.skip_after_norm = upsample, skip_after_norm
         self.proj = nn.Conv2d(cin, cout, 3, padding=1) if upsample or cin != cout else nn.Identity()
         self.skip = (nn.Identity() if enc == cout else nn.Conv2d(enc, cout, 1)) if skip else None
         self.adain = AdaIN(cout, coeff_dim, mlp_hidden)
@@ -104,9 +107,14 @@ class FIAStage(nn.Module):
         if self.upsample:
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         x = self.proj(x)
-        if self.skip is not None and skip is not None:
-            x = x + self.skip(skip)
-        x = self.blocks(self.adain(x, coeffs))
+        skip = self.skip(skip) if self.skip is not None and skip is not None else None
+        if skip is None:
+            x = self.adain(x, coeffs)
+        elif self.skip_after_norm:  # the source's own statistics (its colour, its light) pass the instance norm
+            x = self.adain(x, coeffs) + skip
+        else:
+            x = self.adain(x + skip, coeffs)
+        x = self.blocks(x)
         return self.cross(x, ref) if self.cross is not None else x
 
 
@@ -127,6 +135,11 @@ class FIARenderer(nn.Module):
         attention_heads: heads of each cross-attention.
         mlp_hidden: hidden width of the AdaIN MLPs.
         source_skips: add the masked source's encoder features to the decoder stage of the same scale.
+        skips_after_norm: add those features after each stage's AdaIN and after the head's GroupNorm
+            rather than before. Before, the instance norm removes their per-channel means, i.e. the
+            colour and light of the frame being redrawn, and the net can only recall a colour it
+            memorised per identity (README "Renderer on the corpus"). False is how checkpoints
+            written before this option were trained.
     """
 
     def __init__(
@@ -142,6 +155,7 @@ class FIARenderer(nn.Module):
         attention_heads: int = 8,
         mlp_hidden: int = 256,
         source_skips: bool = True,
+        skips_after_norm: bool = False,
     ) -> None:
         super().__init__()
         if blocks < 1:
@@ -152,7 +166,7 @@ class FIARenderer(nn.Module):
         if bad := set(attention_scales) - set(scales):
             raise ValueError(f"attention_scales {sorted(bad)} are not encoder scales {scales}")
         self.coeff_dim = shape_dim + exp_dim + pose_dim
-        self.source_skips = source_skips
+        self.source_skips, self.skips_after_norm = source_skips, skips_after_norm
         self.encoder = Encoder(4, tuple(widths), encoder_blocks)  # RGB + mask channel (zeros for the reference)
         decoder_widths = tuple(decoder_widths or widths)
         if len(decoder_widths) != len(widths):
@@ -163,11 +177,12 @@ class FIARenderer(nn.Module):
             FIAStage(
                 enc[0] if i == 0 else dec[i - 1], dec[i], enc[i], self.coeff_dim, mlp_hidden, blocks,
                 upsample=i > 0, attention_heads=attention_heads if s in attention_scales else None, skip=source_skips and i > 0,
+                skip_after_norm=skips_after_norm,
             )
             for i, s in enumerate(self.scales)
         )
-        self.stem_skip = nn.Conv2d(widths[0], decoder_widths[0], 1) if source_skips else None
         stem = decoder_widths[0] // 2
+        self.stem_skip = nn.Conv2d(widths[0], stem if skips_after_norm else decoder_widths[0], 1) if source_skips else None
         self.head = nn.Sequential(nn.Conv2d(decoder_widths[0], stem, 3, padding=1), _norm(stem), nn.SiLU(), nn.Conv2d(stem, 3, 3, padding=1), nn.Tanh())
 
     def attention_stage_scales(self) -> list[int]:
@@ -201,9 +216,11 @@ class FIARenderer(nn.Module):
             level = len(self.stages) - i  # encoder feature index of this stage's scale
             x = stage(x, coeffs, src[level], ref[level])
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        if self.stem_skip is not None:
-            x = x + self.stem_skip(src[0])
-        return self.head(x)
+        if self.stem_skip is None:
+            return self.head(x)
+        if self.skips_after_norm:  # head = conv, GroupNorm, SiLU | conv, tanh: the skip joins after the norm
+            return self.head[3:](self.head[:3](x) + self.stem_skip(src[0]))
+        return self.head(x + self.stem_skip(src[0]))
 
 
 def blend(source: torch.Tensor, generated: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
