@@ -5,5 +5,6 @@
 - :mod:`metrics.image_quality`: PSNR and SSIM, whole crop and redrawn region;
 - :mod:`metrics.perceptual_similarity`: LPIPS (AlexNet or VGG16, weights from ``make weights`` or a path);
 - :mod:`metrics.frechet_distance`: FID (TF Inception from ``make weights``) and FD_effnet (pip-shipped weights);
-- :mod:`metrics.correlation`: the A2E lip-opening correlation.
+- :mod:`metrics.correlation`: the A2E lip-opening correlation;
+- :mod:`metrics.expression_response`: how much a renderer's mouth moves with β (validation).
 """

@@ -19,6 +19,7 @@ from skimage.metrics import structural_similarity
 from metrics.arcface import TEMPLATE_112, ArcFaceIdentity, IResNet, align_112, depths_of
 from metrics.backbones import MissingWeightsError
 from metrics.dlib_face import DlibFaces
+from metrics.expression_response import ExpressionResponse
 from metrics.frechet_distance import fd_effnet, fid_inception
 from metrics.identity_similarity import IdentitySimilarity
 from metrics.image_quality import ImageQuality
@@ -292,3 +293,16 @@ def test_every_metric_reduces_across_two_processes_like_one(tmp_path, crops, fac
     for k, v in single.items():
         assert ddp[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
     assert single["lmd/lmd"] > 1.5 and single["lpips/lpips"] > 0
+
+
+def test_expression_response_is_the_ratio_of_summed_changes_in_the_region():
+    g = torch.Generator().manual_seed(0)
+    out, out2, real, real2 = (torch.rand(4, 3, 8, 8, generator=g) for _ in range(4))
+    region = (torch.rand(4, 1, 8, 8, generator=g) > 0.5).float()
+    expected = ((out - out2).abs() * region).sum() / ((real - real2).abs() * region).sum()
+    whole, halves = ExpressionResponse(), ExpressionResponse()
+    whole.update(out, out2, real, real2, region)
+    halves.update(out[:2], out2[:2], real[:2], real2[:2], region[:2])
+    halves.update(out[2:], out2[2:], real[2:], real2[2:], region[2:])
+    assert whole.compute() == pytest.approx(expected.item(), rel=1e-6) and halves.compute() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.isnan(ExpressionResponse().compute())  # no pair seen: undefined, not 0

@@ -199,6 +199,26 @@ def test_overfits_one_clip_at_small_resolution(tmp_path):
     assert masked_error() < start / 3  # 0.54 -> 0.05 seen (the decoder as small as the encoder; it was the paper's by mistake)
 
 
+def test_mouth_response_is_zero_for_a_renderer_that_ignores_the_expression(frames):
+    """At initialisation the AdaIN MLPs output zeros, so β changes nothing and the response is exactly 0; once their
+    last layers are not zero it is positive. Evaluation batches are consecutive frames: each is paired with the next."""
+    dm = RendererDataModule(str(frames), image_size=64, num_workers=0, eval_batch_size=4)
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    module = tiny_module()
+    module.log = lambda *args, **kwargs: None  # outside a Trainer
+    metric = module.eval_metrics["val"].mouth_response
+    with torch.no_grad():
+        module._evaluate(batch, "val")
+        assert metric.real_change > 0 and metric.compute() == 0
+        metric.reset()
+        for name, p in module.net.named_parameters():
+            if name.endswith("adain.mlp.4.weight"):
+                p.normal_(0, 0.5)
+        module._evaluate(batch, "val")
+    assert metric.compute() > 0.01
+
+
 @pytest.mark.ddp
 def test_ddp_two_processes_gan_fit_logs_one_run_and_resumes(frames, tmp_path):
     """2 CPU processes (gloo), manual optimisation with the critic on, MLflow; resume keeps the run."""
@@ -208,6 +228,8 @@ def test_ddp_two_processes_gan_fit_logs_one_run_and_resumes(frames, tmp_path):
     assert len(runs) == 1 and runs[0].data.params["run/world_size"] == "2"
     run = runs[0]
     assert {a.path for a in client.list_artifacts(run.info.run_id, "images")} >= {"images/step0000005.png"}
+    response = client.get_metric_history(run.info.run_id, "val/mouth_response")  # reduced over both ranks' pairs
+    assert response and all(0 <= m.value < 10 for m in response)
     run_cli(tmp_path, "fit", *tiny_args(frames, base=RENDERER_BASE), *ddp, "--ckpt_path", "last", "--trainer.max_steps", "40")
     client, runs = mlflow_runs(tmp_path)
     assert len(runs) == 1 and runs[0].info.run_id == run.info.run_id and runs[0].info.status == "FINISHED"

@@ -15,6 +15,7 @@ from lightning_modules.renderer.discriminator import PatchDiscriminator
 from lightning_modules.renderer.generator import FIARenderer, blend, coefficient_vector
 from lightning_modules.renderer.loss import RendererLoss, hinge_d_loss, masked_l1
 from lightning_modules.stage_metrics import StageMetrics
+from metrics.expression_response import ExpressionResponse
 
 
 class RendererEvalMetrics(StageMetrics):
@@ -28,6 +29,7 @@ class RendererEvalMetrics(StageMetrics):
         self.l1_mask = MeanMetric()  # over the redrawn region only: the number the renderer controls
         self.l1_teeth = MeanMetric()
         self.psnr_mask = MeanMetric()  # dB over the redrawn region, images mapped to [0, 1]; frames with an empty region are left out
+        self.mouth_response = ExpressionResponse()  # inner mouth redrawn with the next frame's β: does the mouth follow β at all?
 
 
 class RendererModule(L.LightningModule):
@@ -132,6 +134,11 @@ class RendererModule(L.LightningModule):
             m.l1_teeth.update(masked_l1(fake, real, teeth, per_sample=True))
             mse = masked_l1((fake + 1) / 2, (real + 1) / 2, region, per_sample=True, power=2)
             m.psnr_mask.update(-10 * torch.log10(mse.clamp_min(1e-10)), region.flatten(1).amax(1))
+        if bs > 1:  # each frame drawn again with the next frame's β (evaluation batches are consecutive frames of a clip)
+            nxt = torch.roll(torch.arange(bs, device=real.device), -1)
+            swapped = self({**batch, "exp": batch["exp"][nxt]}).float()
+            with torch.autocast(fake.device.type, enabled=False):
+                m.mouth_response.update(fake, swapped, real, real[nxt], torch.maximum(teeth, teeth[nxt]))
         m.log_to(self, stage, bs)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
