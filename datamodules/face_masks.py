@@ -11,6 +11,12 @@ paper's blend Î = M·I_s + (1−M)·out uses M = 1 − mask. Two kinds (Table 6
 - ``naive``: the lower half of the crop, feathered the same way (not dilated).
 
 ``teeth`` is the filled inner-lip loop (hard edge), the region of the λ4 loss.
+
+``sketch`` is the mouth the coefficients describe, drawn in the crop for renderers that take it
+(``FIARenderer(sketch_channels=2)``): the lip vertices as soft dots and the filled inner-lip loop.
+AdaIN alone gives the renderer β as one scale and shift per channel for the whole image, from
+which a small renderer learns an average mouth (README "Renderer on the corpus"); the sketch
+puts the mouth's shape where it is to be drawn.
 Sizes are fractions of the crop side so one config serves 64 px tests and 256 px training.
 """
 
@@ -64,6 +70,24 @@ def grow_and_feather(mask: torch.Tensor, dilation: float, feather: float) -> tor
     return mask.clamp(0, 1)
 
 
+SKETCH_CHANNELS = 2
+"""Channels of :meth:`FaceMasker.sketch`: lip dots, inner-mouth fill."""
+
+
+def splat_points(points: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Points [B, P, 2] (x, y in pixels) drawn as Gaussian dots of peak 1 -> [B, 1, size, size] (their maximum).
+
+    One point at a time, so memory stays [B, size, size] at any resolution.
+    """
+    coords = torch.arange(size, device=points.device, dtype=points.dtype)
+    out = points.new_zeros(points.shape[0], size, size)
+    for k in range(points.shape[1]):
+        dx = (coords.view(1, 1, size) - points[:, k, 0, None, None]) ** 2
+        dy = (coords.view(1, size, 1) - points[:, k, 1, None, None]) ** 2
+        out = torch.maximum(out, torch.exp(-(dx + dy) / (2 * sigma**2)))
+    return out.unsqueeze(1)
+
+
 class FaceMasker(torch.nn.Module):
     """Region and teeth masks for a batch of frames from their face-model coefficients.
 
@@ -99,3 +123,16 @@ class FaceMasker(torch.nn.Module):
             ends = torch.stack([torch.stack([jaw[:, -1, 0], bottom[:, 0]], -1), torch.stack([jaw[:, 0, 0], bottom[:, 0]], -1)], 1)
             region = torch.maximum(region, fill_polygons(torch.cat([jaw, ends], 1), size))
         return grow_and_feather(region, self.dilation, self.feather), teeth
+
+    @torch.no_grad()
+    def sketch(self, shape: torch.Tensor, exp: torch.Tensor, pose: torch.Tensor, camera: torch.Tensor, size: int, dot: float = 0.012) -> torch.Tensor:
+        """The mouth of the coefficients drawn in ``size``-pixel crops: [B, 2, size, size] in [0, 1].
+
+        Channel 0: the lip vertices as Gaussian dots (σ = ``dot`` of the side, about a pixel and a
+        half at 128 px, so neighbouring lip vertices merge into lines); channel 1: the filled
+        inner-lip loop, i.e. where the open mouth is.
+        """
+        fm = self.face_model
+        pts = fm(shape.float(), exp.float(), pose.float(), camera.float())
+        lips = splat_points(pts[:, fm.index_sets["mouth"]], size, max(dot * size, 0.5))
+        return torch.cat([lips, fill_polygons(pts[:, fm.index_sets["inner_mouth"]], size)], 1)

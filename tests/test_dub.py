@@ -185,14 +185,27 @@ def test_stream_equals_dub_whatever_the_chunks(tmp_path, nets, cache, voice):
         assert (diff > 0).mean() < 1e-3
 
 
-def test_export_onnx_equals_pytorch(tmp_path, ckpts):
+def test_a_renderer_that_takes_the_mouth_sketch_streams(tmp_path, nets, cache, voice):
+    """The runtime draws the sketch from the predicted β (compose.redraw) for renderers that take it."""
+    a2e, plain = nets
+    _, sketching = load_pair(tiny_a2e(tmp_path / "a2e.ckpt"), tiny_renderer(tmp_path / "sketch.ckpt", sketch_channels=2))
+    avatar = prepare_avatar(VIDEO, a2e.face_model, 50, cache, progress=False)
+    samples = load_audio(voice)
+    drawn, before = stream_frames((a2e, sketching), avatar, samples, 16000), stream_frames((a2e, plain), avatar, samples, 16000)
+    assert len(drawn) == len(before) == 50 and drawn[0].shape == before[0].shape
+    assert any(np.abs(a.astype(int) - b).max() > 0 for a, b in zip(drawn, before))  # the lower face is the other network's
+
+
+@pytest.mark.parametrize("sketch_channels", [0, 2])
+def test_export_onnx_equals_pytorch(tmp_path, ckpts, sketch_channels):
     import onnxruntime as ort
     import torch
 
     from lightning_modules.inference.export import main as export_main
 
-    assert export_main(["--a2e", str(ckpts["a2e"]), "--renderer", str(ckpts["renderer"]), "--out", str(tmp_path)]) == 0
-    a2e, renderer = load_pair(ckpts["a2e"], ckpts["renderer"])
+    renderer_ckpt = ckpts["renderer"] if not sketch_channels else tiny_renderer(tmp_path / "sketch.ckpt", sketch_channels=sketch_channels)
+    assert export_main(["--a2e", str(ckpts["a2e"]), "--renderer", str(renderer_ckpt), "--out", str(tmp_path)]) == 0
+    a2e, renderer = load_pair(ckpts["a2e"], renderer_ckpt)
     # the three graphs chained as a runtime would, at a batch size never traced: the renderer's output matches PyTorch's
     g = torch.Generator().manual_seed(5)
     s, b = renderer.image_size, 4
@@ -201,13 +214,17 @@ def test_export_onnx_equals_pytorch(tmp_path, ckpts):
     mask = torch.zeros(b, 1, s, s)
     mask[..., s // 2 :, :] = 1
     coeffs = torch.randn(b, renderer.net.coeff_dim, generator=g)
+    sketch = torch.rand(b, sketch_channels, s, s, generator=g) if sketch_channels else None
     run = lambda name, feed: ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)  # noqa: E731
     ref = run("reference_encoder", {"reference": reference.numpy()})
     inputs = {i.name for i in ort.InferenceSession(str(tmp_path / "renderer.onnx"), providers=["CPUExecutionProvider"]).get_inputs()}
     feed = {"source_masked": (source * (1 - mask)).numpy(), "mask": mask.numpy(), "coeffs": coeffs.numpy(), **{f"ref_{i}": r for i, r in enumerate(ref)}}
+    if sketch is not None:
+        feed["sketch"] = sketch.numpy()
+    assert ("sketch" in inputs) == bool(sketch_channels)
     image = run("renderer", {k: v for k, v in feed.items() if k in inputs})[0]
     with torch.no_grad():
-        want = renderer.net(source * (1 - mask), mask, reference.expand(b, -1, -1, -1), coeffs).numpy()
+        want = renderer.net(source * (1 - mask), mask, reference.expand(b, -1, -1, -1), coeffs, sketch).numpy()
     assert np.abs(image - want).max() < 1e-4
 
 

@@ -66,11 +66,46 @@ def test_mask_follows_an_opened_jaw():
     """A bigger mouth opening (the β that opens it most) moves the chin down and the mask with it."""
     fm, c = FaceModel(), frontal()
     masker = FaceMasker(feather=0.0, neck=False)
-    opening = [float(fm.mouth_opening(fm.vertices(c["shape"], torch.eye(fm.exp_dim)[k : k + 1] * 3))) for k in range(fm.exp_dim)]
-    exp = torch.eye(fm.exp_dim)[[max(range(fm.exp_dim), key=opening.__getitem__)]] * 3
+    exp = widest_opening(fm)
     closed, _ = masker(c["shape"], c["exp"], c["pose"], c["camera"], 64)
     opened, _ = masker(c["shape"], exp, c["pose"], c["camera"], 64)
     assert not torch.equal(closed, opened)
+
+
+def widest_opening(fm: FaceModel, scale: float = 3.0) -> torch.Tensor:
+    """The one-hot β (times ``scale``) that opens the mouth of the mean face most."""
+    zero = torch.zeros(1, fm.shape_dim)
+    opening = [float(fm.mouth_opening(fm.vertices(zero, torch.eye(fm.exp_dim)[k : k + 1] * scale))) for k in range(fm.exp_dim)]
+    return torch.eye(fm.exp_dim)[[max(range(fm.exp_dim), key=opening.__getitem__)]] * scale
+
+
+def test_mouth_sketch_draws_the_lips_where_they_project_and_opens_with_the_mouth():
+    fm, c = FaceModel(), frontal(128)
+    masker = FaceMasker()
+    closed = masker.sketch(c["shape"], c["exp"], c["pose"], c["camera"], 128)
+    opened = masker.sketch(c["shape"], widest_opening(fm), c["pose"], c["camera"], 128)
+    assert closed.shape == (1, 2, 128, 128) and 0 <= closed.min() and closed.max() <= 1
+    pts = fm(c["shape"], c["exp"], c["pose"], c["camera"])[0].round().long()
+    lips = [float(closed[0, 0, y, x]) for x, y in pts[fm.index_sets["mouth"]].tolist()]
+    assert min(lips) > 0.5  # a dot on every lip vertex (within half a pixel of its centre)
+    assert all(float(closed[0, 0, y, x]) < 1e-3 for x, y in pts[list(EYES)].tolist())
+    assert opened[0, 1].sum() > 2 * closed[0, 1].sum() + 10  # the open mouth is a bigger filled loop
+
+
+def test_a_sketch_renderer_requires_the_sketch_and_its_output_follows_it():
+    torch.manual_seed(0)
+    net = FIARenderer(shape_dim=9, exp_dim=64, **TINY, sketch_channels=2).eval()
+    x, m, coeffs = torch.randn(2, 3, 64, 64), torch.zeros(2, 1, 64, 64), torch.zeros(2, net.coeff_dim)
+    with pytest.raises(ValueError, match="2-channel mouth sketch"):
+        net(x, m, x, coeffs)
+    sketch = torch.zeros(2, 2, 64, 64)
+    moved = sketch.clone()
+    moved[:, 1, 40:48, 24:40] = 1  # an open mouth where there was none
+    with torch.no_grad():
+        out = net(x, m, x[:1].expand(2, -1, -1, -1), coeffs, sketch)
+        assert (net(x, m, x[:1].expand(2, -1, -1, -1), coeffs, moved) - out).abs().max() > 1e-3
+        cached = net.render(x, m, net.encode_reference(x[:1]), coeffs, sketch)  # the runtime's path: reference encoded once
+    assert torch.allclose(cached, out, atol=1e-5)
 
 
 def test_encoder_decoder_shapes_and_attention_scales():
@@ -124,10 +159,10 @@ def test_blend_keeps_pixels_outside_the_mask_exactly():
     assert torch.allclose(out[inside], generated[inside])
 
 
-def tiny_module(disc_start_step: int = 0, lr: float = 1e-3) -> RendererModule:
+def tiny_module(disc_start_step: int = 0, lr: float = 1e-3, sketch_channels: int = 0) -> RendererModule:
     fm = FaceModel()
     return RendererModule(
-        FIARenderer(shape_dim=fm.shape_dim, exp_dim=fm.exp_dim, **TINY),
+        FIARenderer(shape_dim=fm.shape_dim, exp_dim=fm.exp_dim, **TINY, sketch_channels=sketch_channels),
         PatchDiscriminator(width=8, layers=2),
         RendererLoss(PerceptualLoss("efficientnet_lite0")),
         disc_start_step=disc_start_step,
@@ -218,6 +253,21 @@ def test_mouth_response_is_zero_for_a_renderer_that_ignores_the_expression(frame
                 p.normal_(0, 0.5)
         module._evaluate(batch, "val")
     assert metric.compute() > 0.01
+
+
+def test_the_sketch_carries_the_expression_when_adain_ignores_it(frames):
+    """A renderer that takes the mouth sketch responds to β at initialisation, before AdaIN has learnt anything:
+    the β-swapped frame is drawn from a sketch of the other frame's mouth."""
+    dm = RendererDataModule(str(frames), image_size=64, num_workers=0, eval_batch_size=4)
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    module = tiny_module(sketch_channels=2)
+    module.log = lambda *args, **kwargs: None
+    with torch.no_grad():
+        module._evaluate(batch, "val")
+    assert module.eval_metrics["val"].mouth_response.compute() > 0
+    with pytest.raises(ValueError, match="sketch_channels must be 0 or 2"):
+        tiny_module(sketch_channels=3)
 
 
 @pytest.mark.ddp

@@ -38,10 +38,10 @@ def tiny_a2e(path: Path, audio_features: str = "mel", audio_dim: int = 80, face_
                  {"audio_features": audio_features, "audio_dim": audio_dim, "window": 8})
 
 
-def tiny_renderer(path: Path, face_model: str | None = None, image_size: int = 64, seed: int = 0) -> Path:
+def tiny_renderer(path: Path, face_model: str | None = None, image_size: int = 64, seed: int = 0, sketch_channels: int = 0) -> Path:
     fm = FaceModel(face_model)
     torch.manual_seed(seed)
-    args = {**RENDERER_ARGS, "shape_dim": fm.shape_dim, "exp_dim": fm.exp_dim}
+    args = {**RENDERER_ARGS, "shape_dim": fm.shape_dim, "exp_dim": fm.exp_dim, "sketch_channels": sketch_channels}
     net = FIARenderer(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
     return _save(path, net, "lightning_modules.renderer.generator.FIARenderer", args, {"face_model": face_model},
                  {"image_size": image_size, "mask": "learnable", "mask_dilation": 0.03, "mask_feather": 0.01, "mask_neck": True})

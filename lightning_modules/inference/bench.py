@@ -117,13 +117,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("| graph | batch | eager ms | onnxruntime ms | speed-up |\n|---|---|---|---|---|")
     import onnxruntime as ort
 
-    from lightning_modules.inference.export import example_inputs, export
+    from lightning_modules.inference.export import RendererWithReference, example_inputs, export
 
     with tempfile.TemporaryDirectory() as tmp:
         for name, renderer in list(variants.items())[:2]:
             out = Path(tmp) / name.replace(" ", "_")
             export(a2e, renderer, out)
-            modules = {"a2e": a2e.net, "renderer": lambda s, m, c, *r, net=renderer.net: net.render(s, m, list(r), c)}
+            modules = {"a2e": a2e.net, "renderer": RendererWithReference(renderer.net)}
             for batch in (1, 8):
                 inputs = example_inputs(a2e, renderer, batch)
                 for graph in ("a2e", "renderer") if name == "demo checkpoint" else ("renderer",):

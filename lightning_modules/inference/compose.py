@@ -49,10 +49,11 @@ def redraw(
     if mask is None:
         mask = region(masker, shape, exp, exp_fitted, pose, camera, source.shape[-1])
     coeffs = coefficient_vector(shape, exp, pose)
+    sketch = masker.sketch(shape, exp, pose, camera, source.shape[-1]) if net.sketch_channels else None  # the predicted mouth
     if isinstance(reference, torch.Tensor):
-        out = net(source * (1 - mask), mask, reference.expand(len(source), -1, -1, -1), coeffs)
+        out = net(source * (1 - mask), mask, reference.expand(len(source), -1, -1, -1), coeffs, sketch)
     else:
-        out = net.render(source * (1 - mask), mask, reference, coeffs)
+        out = net.render(source * (1 - mask), mask, reference, coeffs, sketch)
     return blend(source, out.float(), mask), mask
 
 

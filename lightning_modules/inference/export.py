@@ -7,9 +7,10 @@ Writes three graphs (batch dimension dynamic) and ``export.json`` (shapes, opset
 - ``a2e.onnx``: audio [B, 2W, D], shape [B, Ds], history [B, N, De] -> exp [B, W, De] (one window each).
 - ``reference_encoder.onnx``: reference [1, 3, S, S] in [-1, 1] -> ref_0 … ref_d, its encoder features.
   The reference frame never changes within a video, so a runtime runs this once per avatar.
-- ``renderer.onnx``: source_masked [B, 3, S, S], mask [B, 1, S, S], coeffs [B, C] and the ref_i of the levels with
-  cross-attention (``export.json`` lists them) -> image [B, 3, S, S] (the raw output: blend it with the source under
-  the mask as :func:`~lightning_modules.renderer.generator.blend` does).
+- ``renderer.onnx``: source_masked [B, 3, S, S], mask [B, 1, S, S], coeffs [B, C], sketch [B, K, S, S] (only for
+  renderers that take the mouth sketch) and the ref_i of the levels with cross-attention (``export.json`` lists them)
+  -> image [B, 3, S, S] (the raw output: blend it with the source under the mask as
+  :func:`~lightning_modules.renderer.generator.blend` does).
 
 Every graph is run with onnxruntime (CPU) on random inputs and compared with PyTorch; the export
 fails if any output differs by more than ``--atol`` (default 1e-4, float32).
@@ -49,8 +50,10 @@ class RendererWithReference(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, source_masked: torch.Tensor, mask: torch.Tensor, coeffs: torch.Tensor, *reference_features: torch.Tensor) -> torch.Tensor:
-        return self.net.render(source_masked, mask, list(reference_features), coeffs)
+    def forward(self, source_masked: torch.Tensor, mask: torch.Tensor, coeffs: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        """``rest``: the sketch first when the renderer takes one, then the reference features."""
+        sketch, reference_features = (rest[0], rest[1:]) if self.net.sketch_channels else (None, rest)
+        return self.net.render(source_masked, mask, list(reference_features), coeffs, sketch)
 
 
 def example_inputs(a2e: A2ENetwork, renderer: RendererNetwork, batch: int = 2, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
@@ -62,12 +65,13 @@ def example_inputs(a2e: A2ENetwork, renderer: RendererNetwork, batch: int = 2, s
     reference = torch.rand(1, 3, s, s, generator=g) * 2 - 1
     with torch.no_grad():
         ref = rn.encode_reference(reference)
+    sketch = {"sketch": torch.rand(batch, rn.sketch_channels, s, s, generator=g)} if rn.sketch_channels else {}
     return {
         "a2e": {"audio": torch.randn(batch, 2 * w, net.audio_embed.in_features, generator=g),
                 "shape": torch.randn(batch, rn.shape_dim, generator=g), "history": torch.randn(batch, a2e.num_history, rn.exp_dim, generator=g)},
         "reference_encoder": {"reference": reference},
         "renderer": {"source_masked": (torch.rand(batch, 3, s, s, generator=g) * 2 - 1) * (1 - mask), "mask": mask,
-                     "coeffs": torch.randn(batch, rn.coeff_dim, generator=g), **{f"ref_{i}": f for i, f in enumerate(ref)}},
+                     "coeffs": torch.randn(batch, rn.coeff_dim, generator=g), **sketch, **{f"ref_{i}": f for i, f in enumerate(ref)}},
     }
 
 
@@ -100,7 +104,7 @@ def export(a2e: A2ENetwork, renderer: RendererNetwork, out: Path, atol: float = 
     graphs = {
         "a2e": (a2e.net.float().eval(), ["exp"], ["audio", "shape", "history"]),
         "reference_encoder": (ReferenceEncoder(rn), [f"ref_{i}" for i in range(len(rn.encoder.stages) + 1)], []),
-        "renderer": (RendererWithReference(rn), ["image"], ["source_masked", "mask", "coeffs"]),
+        "renderer": (RendererWithReference(rn), ["image"], ["source_masked", "mask", "coeffs", *(["sketch"] if rn.sketch_channels else [])]),
     }
     trace, check = example_inputs(a2e, renderer, batch=2, seed=0), example_inputs(a2e, renderer, batch=3, seed=1)
     report = {"opset": OPSET, "atol": atol, "a2e": str(a2e.path), "renderer": str(renderer.path), "image_size": renderer.image_size,

@@ -1,6 +1,7 @@
 """Expression-to-face renderer with Facial Identity Alignment (RealTalk §3.2, ARCHITECTURE §1).
 
     source (masked) ─┐                 ┌─ 1/16 ─ 1/8 ─ 1/4 ─ 1/2 features ─► skips (optional)
+    (+ mouth sketch) │                 │
     reference ───────┴─► shared encoder┤
                                        └─ reference features ─► cross-attention at 1/8, 1/16
     decoder: per stage  upsample → AdaIN(MLP([α, β, ρ])) → residual blocks → cross-attention
@@ -140,6 +141,10 @@ class FIARenderer(nn.Module):
             colour and light of the frame being redrawn (README "Renderer on the corpus": with it the
             corpus renderer's M-LMD fell 7%). False is how checkpoints written before this option
             were trained.
+        sketch_channels: extra input channels of the source: the mouth of [α, β, ρ] drawn in the
+            crop (:meth:`datamodules.face_masks.FaceMasker.sketch`, 2 channels), so β reaches the
+            decoder in image space through the skips, not only as AdaIN's per-channel scale and
+            shift. 0 = none (checkpoints written before this option).
     """
 
     def __init__(
@@ -156,6 +161,7 @@ class FIARenderer(nn.Module):
         mlp_hidden: int = 256,
         source_skips: bool = True,
         skips_after_norm: bool = False,
+        sketch_channels: int = 0,
     ) -> None:
         super().__init__()
         if blocks < 1:
@@ -167,7 +173,8 @@ class FIARenderer(nn.Module):
             raise ValueError(f"attention_scales {sorted(bad)} are not encoder scales {scales}")
         self.coeff_dim = shape_dim + exp_dim + pose_dim
         self.source_skips, self.skips_after_norm = source_skips, skips_after_norm
-        self.encoder = Encoder(4, tuple(widths), encoder_blocks)  # RGB + mask channel (zeros for the reference)
+        self.sketch_channels = sketch_channels
+        self.encoder = Encoder(4 + sketch_channels, tuple(widths), encoder_blocks)  # RGB + mask + sketch (zeros for the reference)
         decoder_widths = tuple(decoder_widths or widths)
         if len(decoder_widths) != len(widths):
             raise ValueError(f"decoder_widths {decoder_widths} needs one width per encoder stage {widths}")
@@ -189,12 +196,26 @@ class FIARenderer(nn.Module):
         """Downsampling factors of the decoder stages that have cross-attention."""
         return [s for s, stage in zip(self.scales, self.stages) if stage.cross is not None]
 
-    def forward(self, source_masked: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-        """Raw generator output [B, 3, H, W] in [-1, 1] (blend it with :func:`blend`); H, W divisible by 2^d."""
+    def forward(
+        self, source_masked: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor, coeffs: torch.Tensor, sketch: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Raw generator output [B, 3, H, W] in [-1, 1] (blend it with :func:`blend`); H, W divisible by 2^d.
+
+        ``sketch`` [B, sketch_channels, H, W] is required when the renderer was built to take one.
+        """
         b = source_masked.shape[0]
-        inputs = torch.cat([torch.cat([source_masked, mask], 1), torch.cat([reference, torch.zeros_like(mask)], 1)])
+        source = self._source_input(source_masked, mask, sketch)
+        inputs = torch.cat([source, torch.cat([reference, reference.new_zeros(b, source.shape[1] - 3, *reference.shape[2:])], 1)])
         feats = self.encoder(inputs)
         return self.decode([f[:b] for f in feats], [f[b:] for f in feats], coeffs)
+
+    def _source_input(self, source_masked: torch.Tensor, mask: torch.Tensor, sketch: torch.Tensor | None) -> torch.Tensor:
+        if not self.sketch_channels:
+            return torch.cat([source_masked, mask], 1)
+        if sketch is None or sketch.shape[1] != self.sketch_channels:
+            got = "none" if sketch is None else f"{sketch.shape[1]} channels"
+            raise ValueError(f"this renderer takes a {self.sketch_channels}-channel mouth sketch (FaceMasker.sketch), got {got}")
+        return torch.cat([source_masked, mask, sketch.to(source_masked.dtype)], 1)
 
     def encode_reference(self, reference: torch.Tensor) -> list[torch.Tensor]:
         """The reference's encoder features (stem, 1/2, …): fixed for a whole video, so a runtime computes them once.
@@ -202,12 +223,14 @@ class FIARenderer(nn.Module):
         GroupNorm and convolutions treat every image alone, so encoding the reference apart from
         the sources gives what :meth:`forward`'s joint pass gives (up to float rounding).
         """
-        return self.encoder(torch.cat([reference, reference.new_zeros(reference.shape[0], 1, *reference.shape[2:])], 1))
+        return self.encoder(torch.cat([reference, reference.new_zeros(reference.shape[0], 1 + self.sketch_channels, *reference.shape[2:])], 1))
 
-    def render(self, source_masked: torch.Tensor, mask: torch.Tensor, reference_features: list[torch.Tensor], coeffs: torch.Tensor) -> torch.Tensor:
+    def render(
+        self, source_masked: torch.Tensor, mask: torch.Tensor, reference_features: list[torch.Tensor], coeffs: torch.Tensor, sketch: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """:meth:`forward` with the reference already encoded (features of one image are broadcast to the batch)."""
         b = source_masked.shape[0]
-        src = self.encoder(torch.cat([source_masked, mask], 1))
+        src = self.encoder(self._source_input(source_masked, mask, sketch))
         return self.decode(src, [f.expand(b, -1, -1, -1) for f in reference_features], coeffs)
 
     def decode(self, src: list[torch.Tensor], ref: list[torch.Tensor], coeffs: torch.Tensor) -> torch.Tensor:

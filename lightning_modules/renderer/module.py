@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 
+from datamodules.face_masks import SKETCH_CHANNELS, FaceMasker
 from lightning_modules.hparams import save_hparams
 from lightning_modules.renderer.discriminator import PatchDiscriminator
 from lightning_modules.renderer.generator import FIARenderer, blend, coefficient_vector
@@ -70,6 +71,10 @@ class RendererModule(L.LightningModule):
         self.automatic_optimization = False
         save_hparams(self, networks=["net", "discriminator", "loss"], factories=["optimizer_g", "optimizer_d", "scheduler_g", "scheduler_d"])
         self.net, self.discriminator, self.loss = net, discriminator, loss
+        if net.sketch_channels not in (0, SKETCH_CHANNELS):
+            raise ValueError(f"net.sketch_channels must be 0 or {SKETCH_CHANNELS} (FaceMasker.sketch), got {net.sketch_channels}")
+        # draws the mouth sketch from the batch's coefficients (so the β-swap of validation redraws it too)
+        self.sketcher = FaceMasker(face_model) if net.sketch_channels else None
         self.factories = (optimizer_g, optimizer_d, scheduler_g, scheduler_d)
         self.eval_metrics = nn.ModuleDict({"val": RendererEvalMetrics(), "test": RendererEvalMetrics()})
         # generator steps taken, saved in checkpoints: trainer.global_step counts the steps of both
@@ -79,7 +84,10 @@ class RendererModule(L.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The blended frame Î for a batch (source, reference, mask, coefficients)."""
         source, mask = batch["source"], batch["mask"]
-        out = self.net(source * (1 - mask), mask, batch["reference"], coefficient_vector(batch["shape"], batch["exp"], batch["pose"]))
+        sketch = None
+        if self.sketcher is not None:
+            sketch = self.sketcher.sketch(batch["shape"], batch["exp"], batch["pose"], batch["camera"], source.shape[-1])
+        out = self.net(source * (1 - mask), mask, batch["reference"], coefficient_vector(batch["shape"], batch["exp"], batch["pose"]), sketch)
         return blend(source, out.to(source.dtype), mask)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

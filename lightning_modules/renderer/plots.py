@@ -1,4 +1,4 @@
-"""Image grids of the renderer during training: masked source | reference | mask | output | ground truth."""
+"""Image grids of the renderer during training: masked source | reference | mask (| mouth sketch) | output | ground truth."""
 
 from __future__ import annotations
 
@@ -13,11 +13,16 @@ from torchvision.utils import make_grid, save_image
 from lightning_modules.tracking.run_logger import artifact_folder, log_artifact
 
 
-def renderer_grid(batch: dict[str, torch.Tensor], output: torch.Tensor, out: Path, rows: int = 4) -> Path:
-    """One row per example: masked source, reference, mask, output, ground truth; written as PNG."""
+def renderer_grid(batch: dict[str, torch.Tensor], output: torch.Tensor, out: Path, rows: int = 4, sketch: torch.Tensor | None = None) -> Path:
+    """One row per example: masked source, reference, mask, the mouth sketch (if given; lips red, open mouth
+    green), output, ground truth; written as PNG."""
     n = min(rows, len(output))
     src, mask = batch["source"][:n].float(), batch["mask"][:n].float()
-    columns = [src * (1 - mask), batch["reference"][:n].float(), (mask * 2 - 1).expand(-1, 3, -1, -1), output[:n].float(), src]
+    as_rgb = lambda x: x * 2 - 1  # noqa: E731  [0, 1] -> the images' [-1, 1]
+    columns = [src * (1 - mask), batch["reference"][:n].float(), as_rgb(mask).expand(-1, 3, -1, -1)]
+    if sketch is not None:
+        columns.append(as_rgb(torch.cat([sketch[:n, :2].float(), torch.zeros_like(sketch[:n, :1])], 1)))
+    columns += [output[:n].float(), src]
     tiles = torch.stack(columns, 1).flatten(0, 1)  # row-major: example by example
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(make_grid((tiles.clamp(-1, 1) + 1) / 2, nrow=len(columns), padding=2), out)
@@ -42,10 +47,13 @@ class RendererImageGrid(Callback):
         step = int(pl_module.generator_steps)
         was_training = pl_module.training
         pl_module.eval()
+        rows = {k: v[: self.rows] if torch.is_tensor(v) else v for k, v in batch.items()}
         with torch.no_grad():
-            output = pl_module({k: v[: self.rows] if torch.is_tensor(v) else v for k, v in batch.items()})
+            output = pl_module(rows)
         pl_module.train(was_training)
-        path = renderer_grid(batch, output, artifact_folder(trainer) / "grids" / f"step{step:07d}.png", self.rows)
+        sketcher = getattr(pl_module, "sketcher", None)
+        sketch = sketcher.sketch(rows["shape"], rows["exp"], rows["pose"], rows["camera"], output.shape[-1]) if sketcher is not None else None
+        path = renderer_grid(batch, output, artifact_folder(trainer) / "grids" / f"step{step:07d}.png", self.rows, sketch)
         log_artifact(trainer, path, "images")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
