@@ -17,6 +17,7 @@ paper's blend Î = M·I_s + (1−M)·out uses M = 1 − mask. Two kinds (Table 6
 AdaIN alone gives the renderer β as one scale and shift per channel for the whole image, from
 which a small renderer learns an average mouth (README "Renderer on the corpus"); the sketch
 puts the mouth's shape where it is to be drawn.
+
 Sizes are fractions of the crop side so one config serves 64 px tests and 256 px training.
 """
 
