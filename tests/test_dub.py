@@ -185,10 +185,10 @@ def test_stream_equals_dub_whatever_the_chunks(tmp_path, nets, cache, voice):
         assert (diff > 0).mean() < 1e-3
 
 
-def test_a_renderer_that_takes_the_mouth_sketch_streams(tmp_path, nets, cache, voice):
+def test_a_renderer_that_takes_the_mouth_sketch_streams(tmp_path, ckpts, nets, cache, voice):
     """The runtime draws the sketch from the predicted β (compose.redraw) for renderers that take it."""
     a2e, plain = nets
-    _, sketching = load_pair(tiny_a2e(tmp_path / "a2e.ckpt"), tiny_renderer(tmp_path / "sketch.ckpt", sketch_channels=2))
+    _, sketching = load_pair(ckpts["a2e"], tiny_renderer(tmp_path / "sketch.ckpt", sketch_channels=2))
     avatar = prepare_avatar(VIDEO, a2e.face_model, 50, cache, progress=False)
     samples = load_audio(voice)
     drawn, before = stream_frames((a2e, sketching), avatar, samples, 16000), stream_frames((a2e, plain), avatar, samples, 16000)
