@@ -23,6 +23,7 @@ Sizes are fractions of the crop side so one config serves 64 px tests and 256 px
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -78,15 +79,23 @@ SKETCH_CHANNELS = 2
 def splat_points(points: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     """Points [B, P, 2] (x, y in pixels) drawn as Gaussian dots of peak 1 -> [B, 1, size, size] (their maximum).
 
-    One point at a time, so memory stays [B, size, size] at any resolution.
+    Each dot is drawn only in its (2·⌈4σ⌉+1)² window around the nearest pixel (beyond 4σ a dot is
+    below 3.4e-4) and the windows are max-scattered into the image at once: B·P·window² work
+    instead of B·P·size², which is what keeps the sketch off ``stream``'s frame budget.
     """
-    coords = torch.arange(size, device=points.device, dtype=points.dtype)
-    out = points.new_zeros(points.shape[0], size, size)
-    for k in range(points.shape[1]):
-        dx = (coords.view(1, 1, size) - points[:, k, 0, None, None]) ** 2
-        dy = (coords.view(1, size, 1) - points[:, k, 1, None, None]) ** 2
-        out = torch.maximum(out, torch.exp(-(dx + dy) / (2 * sigma**2)))
-    return out.unsqueeze(1)
+    b, p, _ = points.shape
+    r = math.ceil(4 * sigma)
+    offsets = torch.arange(-r, r + 1, device=points.device, dtype=points.dtype)
+    window = points.round().unsqueeze(-1) + offsets  # [B, P, 2, K]: pixel columns (x) and rows (y)
+    weight = torch.exp(-((window - points.unsqueeze(-1)) ** 2) / (2 * sigma**2))
+    inside = (window >= 0) & (window <= size - 1)  # windows that cross the edge draw only their inside part
+    weight = weight * inside
+    cols, rows = window.clamp(0, size - 1).long().unbind(2)  # [B, P, K] each
+    wx, wy = weight.unbind(2)
+    values = wy.unsqueeze(-1) * wx.unsqueeze(-2)  # [B, P, K(rows), K(cols)]
+    index = rows.unsqueeze(-1) * size + cols.unsqueeze(-2)
+    out = points.new_zeros(b, size * size).scatter_reduce_(1, index.reshape(b, -1), values.reshape(b, -1), "amax")
+    return out.view(b, 1, size, size)
 
 
 class FaceMasker(torch.nn.Module):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.face_masks import FaceMasker, fill_polygons
+from datamodules.face_masks import FaceMasker, fill_polygons, splat_points
 from datamodules.renderer_datamodule import RendererDataModule
 from lightning_modules.renderer.discriminator import PatchDiscriminator
 from lightning_modules.renderer.generator import CrossAttention, FIARenderer, blend
@@ -90,6 +90,18 @@ def test_mouth_sketch_draws_the_lips_where_they_project_and_opens_with_the_mouth
     assert min(lips) > 0.5  # a dot on every lip vertex (within half a pixel of its centre)
     assert all(float(closed[0, 0, y, x]) < 1e-3 for x, y in pts[list(EYES)].tolist())
     assert opened[0, 1].sum() > 2 * closed[0, 1].sum() + 10  # the open mouth is a bigger filled loop
+
+
+def test_windowed_dots_equal_dots_drawn_over_the_whole_crop():
+    """splat_points draws each dot only near its centre; the image must match Gaussians evaluated everywhere,
+    including dots whose window crosses the crop's edge and dots wholly outside it."""
+    torch.manual_seed(0)
+    size, sigma = 48, 1.3
+    points = torch.rand(3, 20, 2) * (size + 16) - 8
+    grid = torch.arange(size, dtype=torch.float32)
+    d2 = (grid.view(1, 1, 1, size) - points[..., 0, None, None]) ** 2 + (grid.view(1, 1, size, 1) - points[..., 1, None, None]) ** 2
+    everywhere = torch.exp(-d2 / (2 * sigma**2)).amax(1, keepdim=True)
+    assert torch.allclose(splat_points(points, size, sigma), everywhere, atol=1e-3)
 
 
 def test_a_sketch_renderer_requires_the_sketch_and_its_output_follows_it():
