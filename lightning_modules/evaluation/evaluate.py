@@ -403,7 +403,8 @@ def evaluate(args: argparse.Namespace) -> str:
                 calibrated = True
     missing = [m for m in METRICS if m not in chosen]
     if missing:
-        why = "weights not found: run 'make weights' (or pass --lpips-weights / --fid-weights)" if {"lpips", "fid"} & set(missing) else "not asked for"
+        # the default set leaves out only what lacks weights; an explicit --metrics leaves out the rest by choice
+        why = "not asked for" if args.metrics else "weights not found: run 'make weights' (or pass --lpips-weights / --fid-weights)"
         notes.append(f"not computed: {', '.join(missing)} ({why})")
     if "lpips" in chosen:
         backbone = "AlexNet (the paper's)" if args.lpips_net == "alex" else "VGG16"
