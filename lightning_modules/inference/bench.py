@@ -3,7 +3,8 @@
 Rows: the demo checkpoints (``make demo``), the CPU real-time preset with and without the corpus
 preset's mouth sketch, and the paper-size renderer (configs/experiment/renderer_cpu_realtime.yaml,
 renderer_corpus.yaml, configs/model/renderer.yaml; random weights: speed does not depend on them)
-behind the demo A2E; the reference-feature cache on/off; ONNX Runtime vs PyTorch eager. Frames/s per stage are frames divided by the seconds spent in that stage.
+behind the demo A2E; the reference-feature cache on/off; ONNX Runtime vs PyTorch eager. Frames/s
+per stage are frames divided by the seconds spent in that stage.
 """
 
 from __future__ import annotations

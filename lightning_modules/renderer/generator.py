@@ -204,8 +204,7 @@ class FIARenderer(nn.Module):
         ``sketch`` [B, sketch_channels, H, W] is required when the renderer was built to take one.
         """
         b = source_masked.shape[0]
-        source = self._source_input(source_masked, mask, sketch)
-        inputs = torch.cat([source, torch.cat([reference, reference.new_zeros(b, source.shape[1] - 3, *reference.shape[2:])], 1)])
+        inputs = torch.cat([self._source_input(source_masked, mask, sketch), self._reference_input(reference)])
         feats = self.encoder(inputs)
         return self.decode([f[:b] for f in feats], [f[b:] for f in feats], coeffs)
 
@@ -217,13 +216,17 @@ class FIARenderer(nn.Module):
             raise ValueError(f"this renderer takes a {self.sketch_channels}-channel mouth sketch (FaceMasker.sketch), got {got}")
         return torch.cat([source_masked, mask, sketch.to(source_masked.dtype)], 1)
 
+    def _reference_input(self, reference: torch.Tensor) -> torch.Tensor:
+        """The reference with zeros where a source has its mask and sketch: one encoder for both."""
+        return torch.cat([reference, reference.new_zeros(reference.shape[0], 1 + self.sketch_channels, *reference.shape[2:])], 1)
+
     def encode_reference(self, reference: torch.Tensor) -> list[torch.Tensor]:
         """The reference's encoder features (stem, 1/2, …): fixed for a whole video, so a runtime computes them once.
 
         GroupNorm and convolutions treat every image alone, so encoding the reference apart from
         the sources gives what :meth:`forward`'s joint pass gives (up to float rounding).
         """
-        return self.encoder(torch.cat([reference, reference.new_zeros(reference.shape[0], 1 + self.sketch_channels, *reference.shape[2:])], 1))
+        return self.encoder(self._reference_input(reference))
 
     def render(
         self, source_masked: torch.Tensor, mask: torch.Tensor, reference_features: list[torch.Tensor], coeffs: torch.Tensor, sketch: torch.Tensor | None = None,

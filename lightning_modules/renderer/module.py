@@ -84,11 +84,14 @@ class RendererModule(L.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The blended frame Î for a batch (source, reference, mask, coefficients)."""
         source, mask = batch["source"], batch["mask"]
-        sketch = None
-        if self.sketcher is not None:
-            sketch = self.sketcher.sketch(batch["shape"], batch["exp"], batch["pose"], batch["camera"], source.shape[-1])
-        out = self.net(source * (1 - mask), mask, batch["reference"], coefficient_vector(batch["shape"], batch["exp"], batch["pose"]), sketch)
+        out = self.net(source * (1 - mask), mask, batch["reference"], coefficient_vector(batch["shape"], batch["exp"], batch["pose"]), self.sketch(batch))
         return blend(source, out.to(source.dtype), mask)
+
+    def sketch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The mouth sketch of the batch's coefficients, for a renderer that takes one (else None)."""
+        if self.sketcher is None:
+            return None
+        return self.sketcher.sketch(batch["shape"], batch["exp"], batch["pose"], batch["camera"], batch["source"].shape[-1])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()

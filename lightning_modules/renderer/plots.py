@@ -51,9 +51,7 @@ class RendererImageGrid(Callback):
         with torch.no_grad():
             output = pl_module(rows)
         pl_module.train(was_training)
-        sketcher = getattr(pl_module, "sketcher", None)
-        sketch = sketcher.sketch(rows["shape"], rows["exp"], rows["pose"], rows["camera"], output.shape[-1]) if sketcher is not None else None
-        path = renderer_grid(batch, output, artifact_folder(trainer) / "grids" / f"step{step:07d}.png", self.rows, sketch)
+        path = renderer_grid(batch, output, artifact_folder(trainer) / "grids" / f"step{step:07d}.png", self.rows, pl_module.sketch(rows))
         log_artifact(trainer, path, "images")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
