@@ -20,10 +20,10 @@ def _clip_seed(key: str) -> int:
 class A2EDataModule(ShardDataModule):
     """Windows of T frames for the audio-to-expression transformer.
 
-    Training: shard list -> shuffle -> split by node -> split by worker -> clips -> clip shuffle
-    buffer -> random windows -> window shuffle buffer -> batches, endless and cut to
-    ``train_batches_per_epoch`` per rank. Validation and test: every clip of the split cut into
-    consecutive windows with fixed history draws, the same on every run.
+    Training: shard list -> shuffle -> split by node -> split by worker -> rounds of ``clip_shuffle``
+    clips -> random windows, shuffled per round -> batches, endless and cut to
+    ``train_batches_per_epoch`` per rank (see :mod:`datamodules.shard_stream`). Validation and test:
+    every clip of the split cut into consecutive windows with fixed history draws, the same on every run.
 
     Args:
         shards: folder written by ``python -m preprocess shard`` (``train-*.tar``, ``val-*.tar``, ``test-*.tar``).
@@ -35,13 +35,17 @@ class A2EDataModule(ShardDataModule):
             linked to the model's vertex loss and checked against meta.json.
         batch_size: windows per batch and rank.
         eval_batch_size: windows per validation/test batch (None = batch_size).
+        eval_clips: validation/test use this many clips of the split, a fixed subset drawn with the seed (None = all).
         num_workers: DataLoader worker processes per rank.
-        clip_shuffle: shuffle buffer of decoded clips (training).
-        window_shuffle: shuffle buffer of windows (training); windows of one clip are spread over batches.
+        pin_memory: page-locked batches for faster copies to a GPU (ignored without CUDA).
+        persistent_workers: keep the workers between epochs and validations.
+        prefetch_factor: batches each worker prepares ahead.
+        clip_shuffle: clips per shuffle round (training): their windows are shuffled together before batching.
         train_batches_per_epoch: batches per rank and epoch (None = one pass over the training
             frames in the manifest divided among the ranks).
         predict_split: the split ``predict`` runs over (whole clips, one per batch).
-        seed: seed of shard order, window starts and history draws.
+        seed: seed of shard order, window starts, history draws and the eval subset (None = the run's
+            ``seed_everything``, else 0).
     """
 
     def __init__(
@@ -54,16 +58,19 @@ class A2EDataModule(ShardDataModule):
         face_model: str | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
+        eval_clips: int | None = None,
         num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        prefetch_factor: int = 2,
         clip_shuffle: int = 64,
-        window_shuffle: int = 512,
         train_batches_per_epoch: int | None = None,
         predict_split: str = "test",
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
-        if window < 1 or num_history < 0 or batch_size < 1:
-            raise ValueError(f"need window >= 1, num_history >= 0, batch_size >= 1; got {window}, {num_history}, {batch_size}")
+        if window < 1 or num_history < 0 or batch_size < 1 or clip_shuffle < 1:
+            raise ValueError(f"need window >= 1, num_history >= 0, batch_size >= 1, clip_shuffle >= 1; got {window}, {num_history}, {batch_size}, {clip_shuffle}")
         self.save_hyperparameters()
 
     @property
@@ -76,16 +83,12 @@ class A2EDataModule(ShardDataModule):
             raise ValueError(f"{sample['__key__']}: audio features are {dim}-d, data.init_args.audio_dim says {self.hparams.audio_dim}")
 
     # -- items ------------------------------------------------------------------------------------
-    def train_items(self, key: str, clip: dict[str, Any], rng: np.random.Generator) -> Iterator[dict[str, Any]]:
-        for w in random_windows(clip_arrays(clip), self.hparams.window, self.hparams.num_history, rng):
-            yield {**w, "key": key}
+    def train_items(self, key: str, clip: dict[str, Any], rng: np.random.Generator) -> list[dict[str, Any]]:
+        return [{**w, "key": key} for w in random_windows(clip_arrays(clip), self.hparams.window, self.hparams.num_history, rng)]
 
     def eval_items(self, key: str, clip: dict[str, Any]) -> Iterator[dict[str, Any]]:
         for w in fixed_windows(clip_arrays(clip), self.hparams.window, self.hparams.num_history, seed=_clip_seed(key)):
             yield {**w, "key": key}
-
-    def eval_item_count(self, frames: int) -> int:
-        return -(-frames // self.hparams.window)
 
     def frames_per_train_item(self) -> float:
         return self.hparams.window
@@ -100,10 +103,10 @@ class A2EDataModule(ShardDataModule):
 
     # -- loaders ----------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        return self.train_loader(self.hparams.window_shuffle)
+        return self.train_loader()
 
     def predict_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.hparams.predict_split, self._whole_clip, batch_size=1)
+        return self.eval_loader(self.hparams.predict_split, self._whole_clip, batch_size=1, pad=False)
 
     def example_clip(self, split: str = "val", index: int = 0) -> dict[str, Any]:
         """One whole decoded clip (arrays as in ``predict``), e.g. for plots."""

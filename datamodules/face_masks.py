@@ -63,8 +63,9 @@ def grow_and_feather(mask: torch.Tensor, dilation: float, feather: float) -> tor
     """
     size = mask.shape[-1]
     radius = round(dilation * size)
-    if radius > 0:
-        mask = F.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius)
+    if radius > 0:  # a square max filter is a column filter then a row filter: 2k instead of k² comparisons per pixel
+        k = 2 * radius + 1
+        mask = F.max_pool2d(F.max_pool2d(mask, (k, 1), stride=1, padding=(radius, 0)), (1, k), stride=1, padding=(0, radius))
     sigma = feather * size
     if sigma > 0.3:
         k = 2 * int(3 * sigma) + 1

@@ -7,11 +7,13 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from datamodules.face_masks import FaceMasker, MaskKind
-from datamodules.renderer_frames import frame_examples, valid_frames
+from datamodules.renderer_frames import finish_batch, jitter_draws, loader_items, valid_frames
 from datamodules.shard_datamodule import ShardDataModule
+from preprocess.schema import sample_frames
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +21,12 @@ log = logging.getLogger(__name__)
 class RendererDataModule(ShardDataModule):
     """Frames for the FIA renderer; the same streaming rules as the A2E stage (see :mod:`datamodules.shard_datamodule`).
 
-    Training: each decoded clip gives ``frames_per_clip`` random source frames (decoding the video
-    once per clip, not per frame), which a shuffle buffer spreads over batches. Validation and
-    test: every ``eval_stride``-th frame of every clip, the same on every run. Images are
-    float in [-1, 1], ``image_size`` square; the masks follow the source frame's coefficients.
+    Training: each clip gives ``frames_per_clip`` random source frames; only they and the reference are
+    decoded (shards of schema 2 seek to the keyframe before each). Validation and test: every
+    ``eval_stride``-th frame of every clip, each paired with the next such frame (the previous one at a
+    clip's end), the same on every run. The loader sends uint8 crops and coefficients; on the device
+    (``on_after_batch_transfer``) images become float in [-1, 1] at ``image_size`` and the masks follow the
+    source frame's coefficients (:func:`datamodules.renderer_frames.finish_batch`).
 
     Args:
         shards: folder written by ``python -m preprocess shard``.
@@ -38,19 +42,22 @@ class RendererDataModule(ShardDataModule):
         colour_jitter: training only: recolour each example's source and reference together by a
             random per-channel gain exp(U(±j)) and offset U(±j/2) (0 = off), so that a renderer trained
             on few identities takes the lower face's colours from the reference instead of remembering them.
-        frames_per_clip: training examples drawn from each decoded clip.
+        frames_per_clip: training examples drawn from each clip.
         eval_stride: validation/test use every n-th frame of each clip.
+        eval_clips: validation/test use this many clips of the split, a fixed subset drawn with the seed (None = all).
         batch_size: examples per batch and rank.
         eval_batch_size: examples per validation/test batch (None = batch_size).
-        num_workers: DataLoader worker processes per rank.
-        clip_shuffle: shuffle buffer of decoded clips (training; each holds its whole video).
-        frame_shuffle: shuffle buffer of examples (training).
+        num_workers: DataLoader worker processes per rank (README "Training": how many per GPU).
+        pin_memory: page-locked batches for faster copies to a GPU (ignored without CUDA).
+        persistent_workers: keep the workers between epochs and validations (they need not start again).
+        prefetch_factor: batches each worker prepares ahead.
+        clip_shuffle: clips per shuffle round: their examples are shuffled together before batching.
         train_batches_per_epoch: batches per rank and epoch (None = as many examples as the
             manifest has training frames, divided among the ranks).
-        seed: seed of shard order and frame draws.
+        seed: seed of shard order, frame draws and the eval subset (None = the run's ``seed_everything``, else 0).
     """
 
-    decode_frames = True
+    reads_frames = True
 
     def __init__(
         self,
@@ -65,17 +72,21 @@ class RendererDataModule(ShardDataModule):
         colour_jitter: float = 0.0,
         frames_per_clip: int = 8,
         eval_stride: int = 8,
+        eval_clips: int | None = None,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        prefetch_factor: int = 2,
         clip_shuffle: int = 16,
-        frame_shuffle: int = 256,
         train_batches_per_epoch: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
-        if image_size < 16 or frames_per_clip < 1 or eval_stride < 1 or batch_size < 1:
-            raise ValueError(f"need image_size >= 16 and frames_per_clip, eval_stride, batch_size >= 1; got {image_size}, {frames_per_clip}, {eval_stride}, {batch_size}")
+        if image_size < 16 or min(frames_per_clip, eval_stride, batch_size, clip_shuffle) < 1:
+            raise ValueError(f"need image_size >= 16 and frames_per_clip, eval_stride, batch_size, clip_shuffle >= 1; "
+                             f"got {image_size}, {frames_per_clip}, {eval_stride}, {batch_size}, {clip_shuffle}")
         if not 0 <= colour_jitter <= 1:
             raise ValueError(f"colour_jitter must be in [0, 1]; got {colour_jitter}")
         self.save_hyperparameters()
@@ -96,24 +107,50 @@ class RendererDataModule(ShardDataModule):
             log.warning("skipping clip %s: no frame with a detected face", key)
         return valid
 
-    def train_items(self, key: str, clip: dict[str, Any], rng: np.random.Generator) -> Iterator[dict[str, Any]]:
+    def _frames(self, key: str, clip: dict[str, Any], wanted: np.ndarray) -> dict[int, np.ndarray] | None:
+        """The decoded crops of frames ``wanted``, by frame number (None, with a warning, when the video does not decode)."""
+        unique = np.unique(wanted)
+        try:
+            return dict(zip(unique.tolist(), sample_frames(clip, unique)))
+        except Exception as e:  # noqa: BLE001 - a damaged video skips its clip, not the run
+            log.warning("skipping clip %s: its frames do not decode (%s: %s)", key, type(e).__name__, e)
+            return None
+
+    def train_items(self, key: str, clip: dict[str, Any], rng: np.random.Generator) -> list[dict[str, Any]]:
         if len(valid := self._seen_frames(key, clip)) == 0:
-            return
+            return []
         sources = rng.choice(valid, self.hparams.frames_per_clip, replace=len(valid) < self.hparams.frames_per_clip)
         references = self._reference(valid, sources, rng)
-        yield from frame_examples(clip, sources, references, self.hparams.image_size, self.masker, self.hparams.colour_jitter, rng)
+        jitter = jitter_draws(len(sources), self.hparams.colour_jitter, rng) if self.hparams.colour_jitter > 0 else None
+        if (frames := self._frames(key, clip, np.concatenate([sources, references]))) is None:
+            return []
+        items = loader_items(clip, frames, source=sources, reference=references)
+        if jitter is not None:
+            for item, j in zip(items, jitter):
+                item["jitter"] = torch.from_numpy(j)
+        return items
 
     def eval_items(self, key: str, clip: dict[str, Any]) -> Iterator[dict[str, Any]]:
         if len(valid := self._seen_frames(key, clip)) == 0:
             return
-        sources = valid[:: self.hparams.eval_stride]
-        yield from frame_examples(clip, sources, self._reference(valid, sources, None), self.hparams.image_size, self.masker)
+        stride = self.hparams.eval_stride
+        at = np.arange(0, len(valid), stride)
+        # the next evaluated frame of the clip; the previous one for the last (a one-frame clip pairs with itself)
+        partner = np.where(at + stride < len(valid), at + stride, np.maximum(at - stride, 0))
+        sources, partners = valid[at], valid[partner]
+        references = self._reference(valid, sources, None)
+        if (frames := self._frames(key, clip, np.concatenate([sources, partners, references]))) is not None:
+            yield from loader_items(clip, frames, source=sources, reference=references, partner=partners)
 
-    def eval_item_count(self, frames: int) -> int:
-        return frames // self.hparams.eval_stride
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return self.finish_batch(batch)
+
+    def finish_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A loader batch (on its device) made into the renderer's: float images, masks (see :func:`finish_batch`)."""
+        return finish_batch(batch, self.hparams.image_size, self.masker)
 
     def frames_per_train_item(self) -> float:
         return 1.0
 
     def train_dataloader(self) -> DataLoader:
-        return self.train_loader(self.hparams.frame_shuffle)
+        return self.train_loader()

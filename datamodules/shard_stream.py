@@ -1,27 +1,44 @@
 """Streaming the shard folders written by ``python -m preprocess shard`` under DDP and DataLoader workers.
 
-Training streams are infinite and cut by ``with_epoch``, so every rank and every worker yields
-the same number of batches per epoch however unevenly the shards divide (an uneven count would
-leave one DDP rank waiting forever in an all-reduce). Evaluation streams read every sample once,
-each rank and worker keeping its own share of the items, so they need no shard-count arithmetic.
+Training (:class:`TrainStream`): each rank and worker reads its own endless sequence of shards and cuts it
+into *rounds* of ``clips_per_round`` consecutive samples; a round's items are made, shuffled with a
+generator seeded by (seed, epoch, slot, round) and batched inside the worker. Every worker yields the same
+number of batches per epoch, so ranks stay in step however unevenly the shards divide (an uneven count
+would leave one DDP rank waiting forever in an all-reduce). Each batch carries its worker's position
+(``loader_state``: the round, where the round starts and how many of its items are used), which is all a
+resumed run needs to continue the epoch exactly: re-make that one round and skip its used items.
+
+Evaluation (:class:`EvalItems`): the split's samples are indexed from the tar headers and dealt to ranks
+and workers by clip *before* anything is read, balanced by frame count, so each process decodes only its
+share. A rank left without an item (fewer clips than ranks, or clips without a usable frame) gets one
+duplicate item marked ``pad``, which the modules leave out of every metric: the rank still takes part in
+the metric synchronisation the others wait in.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import random
+import tarfile
 from collections.abc import Callable, Iterator
-from itertools import count
+from dataclasses import dataclass, field
+from itertools import count, islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from preprocess.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+LOADER_STATE = "loader_state"
+"""Batch key of a training batch's worker position (removed before the batch reaches the module)."""
 
 
 class MissingShardsError(ConfigError, FileNotFoundError):
@@ -59,67 +76,227 @@ def worker_slot() -> tuple[int, int]:
     return (info.id, info.num_workers) if info else (0, 1)
 
 
-class ShardCycle(IterableDataset):
-    """Endless ``{"url": ...}`` stream for one rank and DataLoader worker.
+# -- evaluation: samples indexed, then dealt by clip --------------------------------------------------
+@dataclass(frozen=True)
+class SampleRef:
+    """Where one sample's members lie in its shard: read with :func:`read_sample` without reading the others."""
 
-    Each pass shuffles the shard list with a seed every rank shares, then keeps every
-    (world x workers)-th shard from this slot on: shuffle, then split by node, then by worker.
-    With fewer shards than slots a slot would get none; each slot then draws shards at random
-    instead (resampling), with a warning.
+    url: str
+    key: str
+    frames: int
+    members: tuple[tuple[str, int, int], ...]  # (member name after the key, byte offset, size)
+
+
+def index_samples(urls: list[str]) -> list[SampleRef]:
+    """Every sample of ``urls`` in shard order, from the tar headers and the small meta.json members.
+
+    The tar files are opened for random access, so the large members (video, landmarks) are skipped, not read.
+    A shard that ends early (truncated) keeps the samples before the damage, with a warning.
     """
+    refs: list[SampleRef] = []
+    for url in urls:
+        members: dict[str, list[tuple[str, int, int]]] = {}
+        frames: dict[str, int] = {}
+        try:
+            with tarfile.open(url) as tar:
+                for info in tar:
+                    key, _, ext = info.name.partition(".")
+                    if not info.isfile() or not ext:
+                        continue
+                    members.setdefault(key, []).append((ext, info.offset_data, info.size))
+                    if ext == "meta.json" and (f := tar.extractfile(info)):
+                        frames[key] = int(json.loads(f.read()).get("num_frames", 0))
+        except (tarfile.TarError, OSError, json.JSONDecodeError) as e:
+            warn_and_skip(ValueError(f"{url}: {e}"))
+        refs += [SampleRef(url, key, frames[key], tuple(m)) for key, m in members.items() if key in frames]
+    return refs
 
-    def __init__(self, urls: list[str], seed: int, rank: int, world_size: int) -> None:
-        self.urls, self.seed, self.rank, self.world_size = list(urls), seed, rank, world_size
-        self.epoch = 0
 
-    def __iter__(self) -> Iterator[dict[str, str]]:
-        worker, workers = worker_slot()
-        slots, slot = self.world_size * workers, self.rank * workers + worker
-        if len(self.urls) < slots:
-            if slot == 0:
-                log.warning("%d shards for %d ranks x %d workers: every worker samples shards at random", len(self.urls), self.world_size, workers)
-            rng = random.Random(f"{self.seed}-{self.epoch}-{slot}")
-            while True:
-                yield {"url": rng.choice(self.urls)}
-        for p in count():
-            order = list(self.urls)
-            random.Random(f"{self.seed}-{self.epoch}-{p}").shuffle(order)
-            for url in order[slot::slots]:
-                yield {"url": url}
+def read_sample(ref: SampleRef) -> dict[str, Any]:
+    """The raw sample (member name -> bytes) ``ref`` points to, as ``webdataset.tarfile_to_samples`` would give it."""
+    sample: dict[str, Any] = {"__key__": ref.key, "__url__": ref.url}
+    with open(ref.url, "rb") as f:
+        for ext, offset, size in ref.members:
+            f.seek(offset)
+            sample[ext] = f.read(size)
+            if len(sample[ext]) != size:
+                raise ValueError(f"{ref.url} is truncated inside sample {ref.key}")
+    return sample
+
+
+def deal(refs: list[SampleRef], parts: int) -> list[list[SampleRef]]:
+    """``refs`` split into ``parts`` lists of about equal frame counts (longest first to the least loaded), each in shard order.
+
+    The first ``parts`` clips go one to each part, so every part gets a clip whenever there are enough.
+    """
+    load = [(0, p) for p in range(parts)]
+    out: list[list[int]] = [[] for _ in range(parts)]
+    for i in sorted(range(len(refs)), key=lambda i: (-refs[i].frames, i)):
+        frames, p = heapq.heappop(load)
+        out[p].append(i)
+        heapq.heappush(load, (frames + refs[i].frames, p))
+    return [[refs[i] for i in sorted(part)] for part in out]
 
 
 class EvalItems(IterableDataset):
-    """Every item ``transform`` makes from the samples of ``urls``, once, spread over ranks and workers.
+    """Every item ``transform`` makes from ``refs``, once: clips dealt to ranks, then to this rank's workers.
 
-    Items (e.g. windows), not samples, are dealt round-robin, so every rank gets at least one
-    batch whenever there are at least as many items as ranks: a rank with no batch would skip
-    the metric synchronisation the others wait in. Each rank reads the whole split to do this,
-    which is cheap for evaluation-sized splits.
+    With ``pad``, worker 0 of a rank whose own clips gave no item yields one item of another clip marked
+    ``pad=True`` (every item carries ``pad``), so every rank runs at least one evaluation batch.
     """
 
-    def __init__(self, urls: list[str], rank: int, world_size: int, transform: Callable[[dict[str, Any]], Iterator[Any]]) -> None:
-        self.urls, self.rank, self.world_size, self.transform = list(urls), rank, world_size, transform
+    def __init__(self, refs: list[SampleRef], rank: int, world_size: int, transform: Callable[[dict[str, Any]], Iterator[dict[str, Any]]], pad: bool = True) -> None:
+        self.refs, self.rank, self.world_size, self.transform, self.pad = list(refs), rank, world_size, transform, pad
 
-    def __iter__(self) -> Iterator[Any]:
+    def _items(self, ref: SampleRef) -> Iterator[dict[str, Any]]:
+        try:
+            raw = read_sample(ref)
+        except (OSError, ValueError) as e:
+            warn_and_skip(e)
+            return
+        yield from self.transform(raw)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, workers = worker_slot()
-        slots, slot = self.world_size * workers, self.rank * workers + worker
-        raw = wds.tarfile_to_samples(handler=warn_and_skip)(iter({"url": u} for u in self.urls))
-        items = (item for sample in raw for item in self.transform(sample))
-        for i, item in enumerate(items):
-            if i % slots == slot:
-                yield item
+        mine = deal(deal(self.refs, self.world_size)[self.rank], workers)[worker]
+        produced = False
+        for ref in mine:
+            for item in self._items(ref):
+                produced = True
+                yield {**item, "pad": False} if self.pad else item
+        if self.pad and worker == 0 and not produced and self.refs:
+            start = self.rank % len(self.refs)
+            for ref in self.refs[start:] + self.refs[:start]:
+                for item in self._items(ref):
+                    yield {**item, "pad": True}
+                    return
 
 
-class EpochLoader(DataLoader):
-    """A DataLoader that tells the shard cycle which epoch starts before the workers copy it.
+# -- training: rounds of clips, positions that survive a restart -------------------------------------
+@dataclass
+class WorkerState:
+    """Where one worker's stream stands after the batches it has yielded (see module docstring)."""
 
-    Lightning calls ``set_epoch`` only on samplers, and an IterableDataset has none.
+    epoch: int = 0
+    batches: int = 0  # yielded this epoch
+    round: int = 0  # the round the next item comes from
+    shard: int = 0  # that round's first sample: the ``shard``-th shard of this worker's sequence ...
+    sample: int = 0  # ... its ``sample``-th sample
+    offset: int = 0  # items of that round already batched
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class StreamConfig:
+    """What every worker of a :class:`TrainStream` needs (pickled into the worker processes)."""
+
+    urls: list[str]
+    seed: int
+    rank: int
+    world_size: int
+    batch_size: int
+    clips_per_round: int
+    batches_per_worker: int
+    resume: dict[int, dict[str, int]] = field(default_factory=dict)  # global slot -> WorkerState fields
+
+
+class TrainStream(IterableDataset):
+    """Endless, seeded training batches for one rank, cut to ``batches_per_worker`` per worker and epoch.
+
+    Args:
+        config: shards, seed, this rank's place, batch and round sizes, states to resume from.
+        items: (key, decoded sample, round generator) -> the sample's items; must draw only from that generator.
+        decode: raw sample -> decoded sample, or None to skip it.
+        collate: items -> batch.
     """
 
-    def __init__(self, dataset: IterableDataset, cycle: ShardCycle, epoch_fn: Callable[[], int], **kwargs: Any) -> None:
-        super().__init__(dataset, **kwargs)
-        self._cycle, self._epoch_fn = cycle, epoch_fn
+    def __init__(self, config: StreamConfig, items: Callable[[str, dict[str, Any], np.random.Generator], list[Any]],
+                 decode: Callable[[dict[str, Any]], dict[str, Any] | None], collate: Callable[[list[Any]], dict[str, Any]]) -> None:
+        self.config, self.items, self.decode, self.collate = config, items, decode, collate
+        # shared with the worker processes, which keep their copy of this object when they persist across epochs
+        self.epoch = torch.zeros((), dtype=torch.long).share_memory_()
+
+    def shard_at(self, n: int, slot: int, slots: int, epoch: int) -> str:
+        """The ``n``-th shard this slot reads in ``epoch``.
+
+        Each pass over the list shuffles it with a seed every rank shares and gives every (world x workers)-th
+        shard to this slot: shuffle, then split by node, then by worker. With fewer shards than slots a slot
+        would get none, so each slot then draws shards at random (resampling).
+        """
+        urls, seed = self.config.urls, self.config.seed
+        if len(urls) < slots:
+            return random.Random(f"{seed}-{epoch}-{slot}-{n}").choice(urls)
+        per_pass = len(urls[slot::slots])
+        order = list(urls)
+        random.Random(f"{seed}-{epoch}-{n // per_pass}").shuffle(order)
+        return order[slot::slots][n % per_pass]
+
+    def samples(self, slot: int, slots: int, epoch: int, shard: int, sample: int) -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """(shard, sample, raw sample) from the given position on, endless."""
+        empty = 0
+        for n in count(shard):
+            url = self.shard_at(n, slot, slots, epoch)
+            first = sample if n == shard else 0
+            raw = wds.tarfile_to_samples(handler=warn_and_skip)(iter([{"url": url}]))
+            read = 0
+            for s, item in enumerate(islice(raw, first, None), start=first):
+                read += 1
+                yield n, s, item
+            empty = 0 if read else empty + 1
+            if empty > len(self.config.urls) + slots:  # every shard this worker reads is unreadable: say so instead of spinning
+                raise RuntimeError(f"no readable sample in {empty} shards in a row ({url} ...): rewrite them with 'python -m preprocess shard'")
+
+    def make_round(self, raws: list[dict[str, Any]], rng: np.random.Generator) -> list[Any]:
+        items: list[Any] = []
+        for raw in raws:
+            if (sample := self.decode(raw)) is not None:
+                items += self.items(sample["__key__"], sample, rng)
+        return [items[i] for i in rng.permutation(len(items))]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        cfg = self.config
+        worker, workers = worker_slot()
+        slot, slots, epoch = cfg.rank * workers + worker, cfg.world_size * workers, int(self.epoch)
+        saved = cfg.resume.get(slot)
+        state = WorkerState(**saved) if saved and saved["epoch"] == epoch else WorkerState(epoch=epoch)
+        stream = self.samples(slot, slots, epoch, state.shard, state.sample)
+        batches, round_index, offset, start = state.batches, state.round, state.offset, (state.shard, state.sample)
+        pending: list[Any] = []
+        upcoming = next(stream)  # read one sample ahead: a round's last batch must say where the next round starts
+        while batches < cfg.batches_per_worker:
+            raws = []
+            while len(raws) < cfg.clips_per_round:
+                raws.append(upcoming[2])
+                upcoming = next(stream)
+            after = upcoming[:2]
+            items = self.make_round(raws, np.random.default_rng([cfg.seed, epoch, slot, round_index]))
+            for j in range(offset, len(items)):
+                pending.append(items[j])
+                if len(pending) < cfg.batch_size:
+                    continue
+                batch, pending, batches = self.collate(pending), [], batches + 1
+                ended = j + 1 == len(items)  # then the next item is the next round's first: it need not be re-made on resume
+                here = WorkerState(epoch, batches, round_index + ended, *(after if ended else start), 0 if ended else j + 1)
+                batch[LOADER_STATE] = {"slot": slot, "slots": slots, **here.as_dict()}
+                yield batch
+                if batches >= cfg.batches_per_worker:
+                    return
+            round_index, offset, start = round_index + 1, 0, after
+
+
+class TrainLoader(DataLoader):
+    """A DataLoader that tells the stream which epoch starts before the workers read it.
+
+    Lightning calls ``set_epoch`` only on samplers, and an IterableDataset has none; the epoch travels in
+    shared memory, so persistent workers see it too.
+    """
+
+    def __init__(self, dataset: TrainStream, epoch_fn: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self._epoch_fn = epoch_fn
 
     def __iter__(self):  # noqa: ANN204 - DataLoader's own iterator types are private
-        self._cycle.epoch = self._epoch_fn()
+        self.dataset.epoch.fill_(self._epoch_fn())
         return super().__iter__()

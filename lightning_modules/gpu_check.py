@@ -11,7 +11,8 @@ Parts:
   a2e-train        A2E training steps (bf16-mixed) replaying a real batch of the demo shards: windows/s
   renderer-train   GAN steps (critic on), 256 px, bf16-mixed, batch 8/16/32: images/s (perceptual VGG16 with
                    random weights: the weights store does not travel, and speed does not depend on the values)
-  data             frames/s the two datamodules deliver from the demo shards with 0..8 workers
+  data             datamodules.bench on the demo shards: loader images/s per process (before/now), the masks'
+                   device work on the GPU, 4 workers, A2E windows/s, validation items/s
   cli              python -m lightning_modules fit on the demo shards through the CLI, bf16-mixed, logger off
 
 ``--device cpu --tiny`` runs the same parts with tiny networks on the CPU (``make gpu-check DEVICE=cpu``, the
@@ -151,7 +152,7 @@ def _a2e_datamodule(args: argparse.Namespace, workers: int, batches: int) -> obj
 
     window, history = (8, 4) if args.tiny else (16, 16)
     return A2EDataModule(args.shards, window=window, num_history=history, audio_features=args.audio_features, audio_dim=args.audio_dim,
-                         batch_size=8 if args.tiny else 64, num_workers=workers, clip_shuffle=2, window_shuffle=16, train_batches_per_epoch=batches)
+                         batch_size=8 if args.tiny else 64, num_workers=workers, clip_shuffle=2, train_batches_per_epoch=batches)
 
 
 def part_a2e_train(args: argparse.Namespace) -> None:
@@ -175,26 +176,15 @@ def part_a2e_train(args: argparse.Namespace) -> None:
 
 
 def part_data(args: argparse.Namespace) -> None:
-    from datamodules.renderer_datamodule import RendererDataModule
+    from datamodules.bench import measure, summary_line
 
-    batches = 3 if args.tiny else 20
-    size = 64 if args.tiny else 256
-    for workers in (0, 1) if args.tiny else (0, 2, 4, 8):
-        factories = {
-            "a2e": (lambda w: _a2e_datamodule(args, w, batches + 1), "audio", "windows/s"),
-            "renderer": (lambda w: RendererDataModule(args.shards, image_size=size, batch_size=16, num_workers=w, clip_shuffle=2, frame_shuffle=16,
-                                                      train_batches_per_epoch=batches + 1), "source", f"frames/s at {size} px"),
-        }
-        for stage, (factory, key, unit) in factories.items():
-            dm = factory(workers)
-            dm.setup("fit")
-            it = iter(dm.train_dataloader())
-            next(it)  # worker start and the first decode
-            start, items = time.perf_counter(), 0
-            for _ in range(batches):
-                items += len(next(it)[key])
-            rate = items / (time.perf_counter() - start)
-            emit(Row("data", f"{stage}, {workers} workers", None, rate, unit, None, "the datamodule alone (no training step)"))
+    size, batches = (64, 3) if args.tiny else (256, 24)
+    rows = measure(args.shards, None, size, workers=1 if args.tiny else 4, batches=batches, device=args.device)
+    for name, rate, unit in rows:
+        if unit != "x":
+            stage = "a2e" if name.startswith("a2e") else "renderer"
+            emit(Row("data", f"{stage}: {name}", None, rate, unit, None, "datamodules.bench (no training step)"))
+    emit(Row("data", "renderer loader processes", None, None, "", None, summary_line(size, rows[1][1])))
 
 
 def part_tests(args: argparse.Namespace) -> None:

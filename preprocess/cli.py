@@ -1,4 +1,4 @@
-"""``python -m preprocess {shard,build-face-model,preview,weights}``: jsonargparse CLI over the job dataclasses."""
+"""``python -m preprocess {shard,reencode,build-face-model,preview,weights}``: jsonargparse CLI over the job dataclasses."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from dataclasses import fields
 
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
-from preprocess.config import BuildFaceModelJob, PreviewJob, ShardJob, WeightsJob
+from preprocess.config import BuildFaceModelJob, PreviewJob, ReencodeJob, ShardJob, WeightsJob
 from preprocess.errors import ConfigError
 
-COMMANDS = {"shard": ShardJob, "build-face-model": BuildFaceModelJob, "preview": PreviewJob, "weights": WeightsJob}
+COMMANDS = {"shard": ShardJob, "reencode": ReencodeJob, "build-face-model": BuildFaceModelJob, "preview": PreviewJob, "weights": WeightsJob}
 
 
 def make_parser() -> ArgumentParser:
@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             from preprocess.runner import run_shard
 
             return run_shard(job)
+        if name == "reencode":
+            from preprocess.reencode import run_reencode
+
+            return run_reencode(job)
         if name == "preview":
             from preprocess.preview import contact_sheet
 

@@ -12,6 +12,7 @@ from preprocess.audio_features import AudioFeatureConfig
 from preprocess.datasets import SpeakerMapConfig, SplitConfig
 from preprocess.face_fit import FitConfig
 from preprocess.face_track import CropConfig, TrackConfig
+from preprocess.media import KEYFRAME_INTERVAL
 
 
 @dataclass
@@ -49,6 +50,8 @@ class ShardJob:
     """Clips (or face-track segments) shorter than this are recorded as failures."""
     crf: int = 18
     """H.264 quality of frames.mp4 (lower = better, 18 is visually lossless)."""
+    keyframe_interval: int = KEYFRAME_INTERVAL
+    """Frames between keyframes of frames.mp4: a training reader decodes at most this many frames per image (schema 2)."""
     workers: int = 1
     """Local worker processes (one clip at a time each)."""
     limit: int | None = None
@@ -74,7 +77,11 @@ class ShardJob:
     speakers: SpeakerMapConfig = field(default_factory=SpeakerMapConfig)
 
     def processing_hash(self, face_model_name: str) -> str:
-        """Hash of everything that changes a sample's content (not paths, workers or limits)."""
+        """Hash of everything that changes a sample's content (not paths, workers or limits).
+
+        Not the keyframe interval: each sample records its own (meta.json ``frames``), readers take any,
+        and ``python -m preprocess reencode`` changes it without touching what the hash covers.
+        """
         keys = {"track": asdict(self.track), "crop": asdict(self.crop), "fit": asdict(self.fit), "audio": asdict(self.audio),
                 "crf": self.crf, "min_seconds": self.min_seconds, "max_faces": self.max_faces, "face_model": face_model_name}
         return hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -137,6 +144,30 @@ class PreviewJob:
     """Clips to draw."""
     face_model: Path | None = None
     """Face model .npz the shards were made with (default: the shipped model)."""
+
+
+@dataclass
+class ReencodeJob:
+    """Rewrite the frames.mp4 of a shard folder to the current schema in place: a keyframe every
+    ``keyframe_interval`` frames, so training decodes only the frames it uses; landmarks, fits, audio and
+    the manifest are kept.
+
+    Shard by shard: each is written beside the old one and renamed over it when complete, so a killed
+    run resumes with the same command (converted shards are skipped). Under torchrun or SLURM each rank
+    takes every world-size-th shard. Exit code 0: every shard converted; 3: some samples' frames did not
+    decode (named on stderr and marked damaged in meta.json: renderer training skips them, A2E uses them).
+    """
+
+    shards: Path = Path("sharded_data/shards")
+    """Folder of ``<split>-*.tar`` shards written by ``python -m preprocess shard``."""
+    keyframe_interval: int = KEYFRAME_INTERVAL
+    """Frames between keyframes."""
+    crf: int = 18
+    """H.264 quality of the new frames.mp4 (the old frames are decoded and encoded once more)."""
+    workers: int = 1
+    """Shards converted at once (processes)."""
+    progress: bool = True
+    """Show a progress bar."""
 
 
 @dataclass

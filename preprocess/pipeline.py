@@ -168,7 +168,7 @@ class ClipProcessor:
             if len(frames) != seg.end - seg.start:
                 raise ClipError("decode", f"second decode gave {len(frames)} frames instead of {seg.end - seg.start}")
             t = time.perf_counter()
-            mp4 = encode_mp4(frames, VIDEO_FPS, job.crf)
+            mp4 = encode_mp4(frames, VIDEO_FPS, job.crf, keyframe_interval=job.keyframe_interval)
             res.seconds["encode"] += time.perf_counter() - t
             seg_audio = audio[seg.start * SAMPLES_PER_FRAME : seg.end * SAMPLES_PER_FRAME]
             t = time.perf_counter()
@@ -210,6 +210,7 @@ class ClipProcessor:
             "num_frames": t,
             "fps": VIDEO_FPS,
             "crop_size": self.job.crop.size,
+            "frames": {"codec": "h264", "keyframe_interval": self.job.keyframe_interval},
             "audio_rate": AUDIO_RATE,
             "face_model": {"name": self.face_model.name, "version": self.face_model.version, "full_name": self.face_model.full_name,
                            "shape_dim": self.face_model.shape_dim, "exp_dim": self.face_model.exp_dim},

@@ -19,7 +19,7 @@ from preprocess.config import ShardJob
 from preprocess.datasets import Clip, list_clips, read_speaker_map
 from preprocess.errors import ClipError, ConfigError
 from preprocess.face_model import FaceModel
-from preprocess.schema import clip_key_of
+from preprocess.schema import SCHEMA_VERSION, clip_key_of
 from preprocess.shard_writer import ShardInfo, SplitShardWriter, scan_shards
 
 EXIT_OK, EXIT_CONFIG, EXIT_SOME_FAILED = 0, 2, 3
@@ -151,6 +151,10 @@ def run_shard(job: ShardJob) -> int:
     if other:  # resuming into them would mix samples made with other settings or another face model
         raise ConfigError(f"{job.out} holds shards made with other settings (config hash {', '.join(sorted(other))}; "
                           f"this run: {config_hash}): pass --overwrite true to redo them, or choose another --out")
+    old = set().union(*(s.schema_versions for s in existing)) - {SCHEMA_VERSION}
+    if old:  # the frames of older shards are encoded differently: readers refuse a folder that mixes them
+        raise ConfigError(f"{job.out} holds shards of schema {', '.join(map(str, sorted(old)))} (this run writes {SCHEMA_VERSION}): "
+                          f"convert them first with 'python -m preprocess reencode --shards {job.out}', or pass --overwrite true to redo them")
     writer = SplitShardWriter(job.out, rank, job.shard_maxcount, job.shard_maxsize)
     done = done_clip_keys(existing)
     todo = [c for c in mine if c.key not in done]

@@ -14,9 +14,14 @@ from typing import Any
 import numpy as np
 
 from preprocess.errors import ConfigError
-from preprocess.media import decode_mp4, read_wav
+from preprocess.media import KEYFRAME_INTERVAL, decode_frames, decode_mp4, read_wav
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: frames.mp4 has a keyframe every ``meta["frames"]["keyframe_interval"]`` frames and no B-frames, so a
+reader decodes only the frames it uses (:func:`sample_frames`). 1: x264's default GOP (a keyframe every 250
+frames); ``python -m preprocess reencode`` turns 1 into 2 without redoing landmarks and fits."""
+FRAME_READERS_NEED = 2
+"""The oldest schema whose frames the training readers accept (older ones would cost a whole clip's decode per image)."""
 MEMBERS = ("frames.mp4", "audio.wav", "audio_feats.npy", "coeffs.npz", "meta.json")
 COEFF_KEYS = ("shape", "exp", "pose", "camera", "lmk", "crop", "valid")
 """coeffs.npz arrays, all with T rows: ``shape`` [T, Ds] α, ``exp`` [T, De] β, ``pose`` [T, 6]
@@ -61,8 +66,9 @@ def encode_sample(key: str, frames_mp4: bytes, audio_wav: bytes, feats: np.ndarr
 
 
 def decode_sample(sample: dict[str, Any], frames: bool = True) -> dict[str, Any]:
-    """Decode the members of one raw sample (bytes) into arrays; ``frames=False`` skips the video."""
-    out: dict[str, Any] = {"__key__": sample["__key__"], "meta": json.loads(sample["meta.json"])}
+    """Decode the members of one raw sample (bytes) into arrays; ``frames=False`` decodes no video frame
+    (``video`` keeps the mp4 bytes for :func:`sample_frames`)."""
+    out: dict[str, Any] = {"__key__": sample["__key__"], "meta": json.loads(sample["meta.json"]), "video": sample["frames.mp4"]}
     with np.load(io.BytesIO(sample["coeffs.npz"]), allow_pickle=False) as z:
         out["coeffs"] = {k: z[k] for k in COEFF_KEYS}
     out["audio_feats"] = np.load(io.BytesIO(sample["audio_feats.npy"]), allow_pickle=False)
@@ -70,6 +76,14 @@ def decode_sample(sample: dict[str, Any], frames: bool = True) -> dict[str, Any]
     if frames:
         out["frames"] = decode_mp4(sample["frames.mp4"])
     return out
+
+
+def sample_frames(sample: dict[str, Any], indices: Any) -> np.ndarray:
+    """uint8 RGB crops [len(indices), S, S, 3] of a decoded sample's frames ``indices``, decoding only what they need."""
+    frames = sample["meta"].get("frames", {})
+    if frames.get("damaged"):  # marked by python -m preprocess reencode
+        raise ValueError(f"frames.mp4 does not decode ({frames['damaged']})")
+    return decode_frames(sample["video"], indices, frames.get("keyframe_interval") or KEYFRAME_INTERVAL)
 
 
 def validate_sample(d: dict[str, Any]) -> list[str]:
@@ -98,11 +112,15 @@ def validate_sample(d: dict[str, Any]) -> list[str]:
 
 
 class ShardMismatchError(ConfigError, ValueError):
-    """Shards made with another face model or audio feature extractor than the config asks for."""
+    """Shards made with another face model, audio feature extractor or schema than the reader needs."""
 
 
-def check_compatible(meta: dict[str, Any], face_model: str, audio_features: str | None) -> None:
-    """Stop with a clear message when a shard does not match the reader's configuration (None: any audio features)."""
+def check_compatible(meta: dict[str, Any], face_model: str, audio_features: str | None, frames: bool = False, folder: str = "DIR") -> None:
+    """Stop with a clear message when a shard does not match the reader's configuration (None: any audio features).
+
+    ``frames``: the reader decodes frames.mp4, which must be of schema :data:`FRAME_READERS_NEED` or newer
+    (``folder``, the shards' folder, goes into the message's command).
+    """
     have_fm, have_af = meta["face_model"]["full_name"], meta["audio_features"]["name"]
     if have_fm != face_model or (audio_features is not None and have_af != audio_features):
         raise ShardMismatchError(
@@ -110,3 +128,7 @@ def check_compatible(meta: dict[str, Any], face_model: str, audio_features: str 
             f"but the config asks for {face_model!r} and {audio_features!r}: regenerate the shards "
             "(python -m preprocess shard ...) or change the config to match"
         )
+    version = int(meta.get("schema_version", 1))
+    if version > SCHEMA_VERSION or (frames and version < FRAME_READERS_NEED):
+        what = "update this checkout" if version > SCHEMA_VERSION else f"convert the folder (landmarks and fits are kept): python -m preprocess reencode --shards {folder}"
+        raise ShardMismatchError(f"sample {meta.get('key')} has shard schema {version}; this reader needs {FRAME_READERS_NEED}..{SCHEMA_VERSION}: {what}")

@@ -30,6 +30,7 @@ class ShardInfo:
     frames: int = 0
     clip_segments: list[tuple[str, int]] = field(default_factory=list)  # (clip key, samples that clip makes: its segments long enough)
     config_hashes: set[str] = field(default_factory=set)  # processing settings the samples were made with
+    schema_versions: set[int] = field(default_factory=set)
 
 
 def read_shard_info(path: Path) -> ShardInfo:
@@ -46,6 +47,7 @@ def read_shard_info(path: Path) -> ShardInfo:
                 info.frames += int(meta.get("num_frames", 0))
                 info.clip_segments.append((meta.get("clip_key", key), int(meta.get("segments_kept", meta.get("segments_total", 1)))))
                 info.config_hashes.add(str(meta.get("config_hash")))
+                info.schema_versions.add(int(meta.get("schema_version", 1)))
     return info
 
 

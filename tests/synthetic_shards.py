@@ -10,8 +10,8 @@ import torch
 
 from datamodules.face_masks import fill_polygons
 from preprocess.face_model import FaceModel
-from preprocess.media import SAMPLES_PER_FRAME, encode_mp4, wav_bytes
-from preprocess.schema import encode_sample, make_key
+from preprocess.media import KEYFRAME_INTERVAL, SAMPLES_PER_FRAME, encode_mp4, wav_bytes
+from preprocess.schema import SCHEMA_VERSION, encode_sample, make_key
 from preprocess.shard_writer import SplitShardWriter
 
 AUDIO_NAME = "synthetic"
@@ -45,12 +45,13 @@ def draw_faces(fm: FaceModel, c: dict[str, np.ndarray], size: int, rng: np.rando
 
 def write_synthetic_shards(
     root: Path, clips: dict[str, int] | None = None, frames: int = 40, audio_dim: int = 16, maxcount: int = 2, seed: int = 0, short_clip: bool = False,
-    image_size: int | None = None,
+    image_size: int | None = None, schema: int = SCHEMA_VERSION,
 ) -> Path:
     """Shards ``<split>-000-<n>.tar`` in ``root`` plus a manifest.json; returns root.
 
     ``image_size`` also draws the faces into ``frames.mp4`` (renderer tests), with cameras that
-    fit the face into the crop; otherwise the video member is empty (A2E reads no pixels).
+    fit the face into the crop; otherwise the video member is empty (A2E reads no pixels). ``schema`` 1
+    writes the videos as shards of that schema were (x264's default keyframe interval).
     """
     clips = clips or {"train": 4, "val": 2, "test": 2}
     rng = np.random.default_rng(seed)
@@ -68,7 +69,7 @@ def write_synthetic_shards(
                 c["pose"][:, 5] = 0.0
                 c["camera"] = np.tile([0.8 * image_size / 180, image_size / 2, image_size / 2], (t, 1))
                 c["shape"] *= 0.3
-                video = encode_mp4(list(draw_faces(fm, c, image_size, rng)), crf=10)
+                video = encode_mp4(list(draw_faces(fm, c, image_size, rng)), crf=10, keyframe_interval=KEYFRAME_INTERVAL if schema >= 2 else None)
             key = make_key("syn", split, i)
             coeffs = {
                 "shape": c["shape"].astype(np.float32), "exp": c["exp"].astype(np.float32), "pose": c["pose"].astype(np.float32),
@@ -76,10 +77,13 @@ def write_synthetic_shards(
                 "crop": np.tile(np.eye(2, 3, dtype=np.float32), (t, 1, 1)), "valid": np.ones(t, bool),
             }
             meta = {
+                "schema_version": schema,
                 "key": key, "num_frames": t, "split": split, "speaker": f"{split}{i}", "crop_size": image_size or 64,
                 "face_model": {"full_name": fm.full_name, "shape_dim": fm.shape_dim, "exp_dim": fm.exp_dim},
                 "audio_features": {"name": AUDIO_NAME, "dim": audio_dim, "rate": 50, "rows_per_frame": 2},
             }
+            if schema >= 2:
+                meta["frames"] = {"codec": "h264", "keyframe_interval": KEYFRAME_INTERVAL}
             audio = np.zeros(t * SAMPLES_PER_FRAME, np.float32)
             writer.write(split, encode_sample(key, video, wav_bytes(audio), c["audio"].astype(np.float16), coeffs, meta))
             total += t

@@ -19,7 +19,7 @@ from tests.test_training_cli import tiny_args
 def _fit(root, net: A2ETransformer, steps: int, batch_size: int, clip_shuffle: int) -> dict[str, float]:
     """Train on ``root``'s train split, validate once at the end; the validation metrics."""
     dm = A2EDataModule(str(root), window=8, num_history=4, audio_features=AUDIO_NAME, audio_dim=16, batch_size=batch_size, num_workers=0,
-                       clip_shuffle=clip_shuffle, window_shuffle=32, train_batches_per_epoch=10)
+                       clip_shuffle=clip_shuffle, train_batches_per_epoch=10)
     module = A2EModule(net, window=8, num_history=4, optimizer=lambda p: torch.optim.Adam(p, lr=2e-3),
                        scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps))
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,

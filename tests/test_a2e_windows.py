@@ -7,7 +7,7 @@ import pytest
 
 from datamodules.a2e_datamodule import A2EDataModule
 from datamodules.a2e_windows import fixed_windows, history_frames, make_window, random_windows
-from datamodules.shard_stream import EvalItems, MissingShardsError, ShardCycle
+from datamodules.shard_stream import EvalItems, MissingShardsError, StreamConfig, TrainStream, index_samples
 from tests.synthetic_shards import AUDIO_NAME, write_synthetic_shards
 
 
@@ -58,22 +58,23 @@ def test_history_draws_without_replacement_when_the_pool_allows():
     assert len(history_frames(16, 0, 16, 4, np.random.default_rng(0))) == 4  # no frame outside: whole clip
 
 
+def _stream(urls: list[str], seed: int, rank: int, world: int) -> TrainStream:
+    return TrainStream(StreamConfig(urls, seed, rank, world, batch_size=1, clips_per_round=1, batches_per_worker=1), None, None, None)
+
+
 @pytest.mark.parametrize("world,workers", [(1, 1), (2, 2), (3, 2)])
-def test_shard_cycle_splits_each_pass_disjointly(world, workers, monkeypatch):
+def test_shard_sequence_splits_each_pass_disjointly(world, workers):
     urls = [f"s{i}" for i in range(12)]
-    seen = []
-    for rank in range(world):
-        for worker in range(workers):
-            monkeypatch.setattr("datamodules.shard_stream.worker_slot", lambda w=worker: (w, workers))
-            it = iter(ShardCycle(urls, seed=1, rank=rank, world_size=world))
-            seen += [next(it)["url"] for _ in range(len(urls) // (world * workers))]
-    assert sorted(seen) == sorted(urls)  # one pass: every shard once, nothing twice
+    per_slot = len(urls) // (world * workers)
+    for p in range(2):  # two passes, each shuffled differently, each a partition
+        seen = [_stream(urls, 1, rank, world).shard_at(p * per_slot + n, rank * workers + w, world * workers, epoch=0)
+                for rank in range(world) for w in range(workers) for n in range(per_slot)]
+        assert sorted(seen) == sorted(urls)  # one pass: every shard once, nothing twice
 
 
-def test_shard_cycle_resamples_when_shards_are_fewer_than_slots(monkeypatch):
-    monkeypatch.setattr("datamodules.shard_stream.worker_slot", lambda: (1, 2))
-    it = iter(ShardCycle(["a", "b"], seed=0, rank=1, world_size=2))
-    assert {next(it)["url"] for _ in range(20)} <= {"a", "b"}
+def test_shard_sequence_resamples_when_shards_are_fewer_than_slots():
+    stream = _stream(["a", "b"], 0, 1, 2)
+    assert {stream.shard_at(n, 3, 4, epoch=0) for n in range(20)} == {"a", "b"}
 
 
 def test_every_rank_and_worker_yields_the_same_number_of_batches(tmp_path):
@@ -82,7 +83,7 @@ def test_every_rank_and_worker_yields_the_same_number_of_batches(tmp_path):
     counts = []
     for rank in range(2):
         dm = A2EDataModule(str(root), window=8, num_history=4, audio_features=AUDIO_NAME, audio_dim=16, batch_size=3,
-                           num_workers=2, clip_shuffle=2, window_shuffle=4, train_batches_per_epoch=5)
+                           num_workers=2, clip_shuffle=2, train_batches_per_epoch=5)
         dm._rank, dm._world = rank, 2
         dm.setup("fit")
         batches = list(dm.train_dataloader())
@@ -93,13 +94,22 @@ def test_every_rank_and_worker_yields_the_same_number_of_batches(tmp_path):
     assert counts[0] == counts[1] == 6  # ceil(5 / 2 workers) per worker x 2 workers
 
 
-def test_eval_items_are_dealt_once_across_ranks(tmp_path):
-    root = write_synthetic_shards(tmp_path, {"val": 3}, frames=24)
+def test_eval_items_are_dealt_once_across_ranks_and_workers(tmp_path, monkeypatch):
+    root = write_synthetic_shards(tmp_path, {"val": 5}, frames=24)
+    refs = index_samples(sorted(str(p) for p in root.glob("val-*.tar")))
     keys = []
     for rank in range(2):
-        ds = EvalItems(sorted(str(p) for p in root.glob("val-*.tar")), rank, 2, lambda s: iter([s["__key__"]]))
-        keys += list(ds)
-    assert sorted(keys) == ["syn_val_0", "syn_val_1", "syn_val_2"]
+        for worker in range(2):
+            monkeypatch.setattr("datamodules.shard_stream.worker_slot", lambda w=worker: (w, 2))
+            keys += [item["key"] for item in EvalItems(refs, rank, 2, lambda s: iter([{"key": s["__key__"]}]))]
+    assert sorted(keys) == [f"syn_val_{i}" for i in range(5)]  # every clip once; no padding while each rank has a clip
+
+
+def test_a_rank_without_clips_gets_one_marked_duplicate(tmp_path):
+    root = write_synthetic_shards(tmp_path, {"val": 1}, frames=24)
+    refs = index_samples(sorted(str(p) for p in root.glob("val-*.tar")))
+    items = [list(EvalItems(refs, rank, 2, lambda s: iter([{"key": s["__key__"]}] * 3))) for rank in range(2)]
+    assert [i["pad"] for i in items[0]] == [False] * 3 and [i["pad"] for i in items[1]] == [True]
 
 
 def test_missing_split_and_mismatched_features_are_clear_errors(tmp_path):

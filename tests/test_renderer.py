@@ -8,6 +8,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import default_collate
 
 from datamodules.face_masks import FaceMasker, fill_polygons, splat_points
 from datamodules.renderer_datamodule import RendererDataModule
@@ -184,7 +185,7 @@ def tiny_module(disc_start_step: int = 0, lr: float = 1e-3, sketch_channels: int
 
 
 def test_one_gan_step_in_bf16_updates_generator_and_critic(frames):
-    dm = RendererDataModule(str(frames), image_size=64, batch_size=2, num_workers=0, frames_per_clip=2, clip_shuffle=1, frame_shuffle=2, train_batches_per_epoch=1)
+    dm = RendererDataModule(str(frames), image_size=64, batch_size=2, num_workers=0, frames_per_clip=2, clip_shuffle=1, train_batches_per_epoch=1)
     module = tiny_module()
     before = {k: v.detach().clone() for k, v in module.state_dict().items()}
     trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
@@ -200,22 +201,21 @@ def test_colour_jitter_recolours_source_and_reference_alike_and_only_in_training
     plain = RendererDataModule(str(frames), image_size=64, num_workers=0, frames_per_clip=3)
     jittered = RendererDataModule(str(frames), image_size=64, num_workers=0, frames_per_clip=3, colour_jitter=0.3)
     clip = plain.decode(next(iter(plain.raw_samples("train"))))
-    before = list(plain.train_items(clip["__key__"], clip, np.random.default_rng(1)))
-    after = list(jittered.train_items(clip["__key__"], clip, np.random.default_rng(1)))
-    assert [e["frame"] for e in before] == [e["frame"] for e in after]
-    for b, a in zip(before, after):
+    before, after = (dm.finish_batch(default_collate(dm.train_items(clip["__key__"], clip, np.random.default_rng(1)))) for dm in (plain, jittered))
+    assert before["frame"].tolist() == after["frame"].tolist()
+    for i in range(3):
         for c in range(3):
             # one affine map per channel: fitted on the source's unclipped pixels, it must also give the reference
-            x, y = b["source"][c].flatten(), a["source"][c].flatten()
+            x, y = before["source"][i, c].flatten(), after["source"][i, c].flatten()
             keep = y.abs() < 0.999
             gain, offset = np.polyfit(x[keep].numpy(), y[keep].numpy(), 1)
             assert abs(gain - 1) > 1e-3 or abs(offset) > 1e-3  # recoloured
-            ref, ref_after = b["reference"][c], a["reference"][c]
+            ref, ref_after = before["reference"][i, c], after["reference"][i, c]
             keep = ref_after.abs() < 0.999
             assert torch.allclose(ref[keep] * float(gain) + float(offset), ref_after[keep], atol=1e-3)
-        assert torch.equal(b["mask"], a["mask"]) and torch.equal(b["exp"], a["exp"])
-    evals = [list(dm.eval_items(clip["__key__"], clip)) for dm in (plain, jittered)]
-    assert all(torch.equal(p["source"], j["source"]) for p, j in zip(*evals))  # validation sees true colours
+    assert torch.equal(before["mask"], after["mask"]) and torch.equal(before["exp"], after["exp"])
+    evals = [dm.finish_batch(default_collate(list(dm.eval_items(clip["__key__"], clip)))) for dm in (plain, jittered)]
+    assert torch.equal(evals[0]["source"], evals[1]["source"])  # validation sees true colours
     with pytest.raises(ValueError, match="colour_jitter"):
         RendererDataModule(str(frames), colour_jitter=1.5)
 
@@ -230,11 +230,11 @@ def test_overfits_one_clip_at_small_resolution(tmp_path):
     """The generator alone (no critic) redraws the masked region of one clip far better than at the start."""
     L.seed_everything(0)
     root = write_synthetic_shards(tmp_path, {"train": 1, "val": 1}, frames=16, image_size=32)
-    dm = RendererDataModule(str(root), image_size=32, batch_size=8, num_workers=0, frames_per_clip=8, clip_shuffle=1, frame_shuffle=8, eval_stride=2, train_batches_per_epoch=120)
+    dm = RendererDataModule(str(root), image_size=32, batch_size=8, num_workers=0, frames_per_clip=8, clip_shuffle=1, eval_stride=2, train_batches_per_epoch=120)
     dm.setup("fit")
     module = tiny_module(disc_start_step=10**9, lr=3e-3)
     module.net = FIARenderer(shape_dim=module.net.coeff_dim - 70, exp_dim=64, widths=(16, 16, 32, 32), decoder_widths=(16, 16, 32, 32), blocks=1, encoder_blocks=1, attention_heads=2, mlp_hidden=32)
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.finish_batch(next(iter(dm.train_dataloader())))
 
     def masked_error() -> float:
         with torch.no_grad():
@@ -249,10 +249,10 @@ def test_overfits_one_clip_at_small_resolution(tmp_path):
 
 def test_mouth_response_is_zero_for_a_renderer_that_ignores_the_expression(frames):
     """At initialisation the AdaIN MLPs output zeros, so β changes nothing and the response is exactly 0; once their
-    last layers are not zero it is positive. Evaluation batches are consecutive frames: each is paired with the next."""
+    last layers are not zero it is positive. Each evaluated frame carries its partner (the clip's next evaluated frame)."""
     dm = RendererDataModule(str(frames), image_size=64, num_workers=0, eval_batch_size=4)
     dm.setup("fit")
-    batch = next(iter(dm.val_dataloader()))
+    batch = dm.finish_batch(next(iter(dm.val_dataloader())))
     module = tiny_module()
     module.log = lambda *args, **kwargs: None  # outside a Trainer
     metric = module.eval_metrics["val"].mouth_response
@@ -272,7 +272,7 @@ def test_the_sketch_carries_the_expression_when_adain_ignores_it(frames):
     the β-swapped frame is drawn from a sketch of the other frame's mouth."""
     dm = RendererDataModule(str(frames), image_size=64, num_workers=0, eval_batch_size=4)
     dm.setup("fit")
-    batch = next(iter(dm.val_dataloader()))
+    batch = dm.finish_batch(next(iter(dm.val_dataloader())))
     module = tiny_module(sketch_channels=2)
     module.log = lambda *args, **kwargs: None
     with torch.no_grad():

@@ -85,7 +85,6 @@ def test_every_preset_parses_and_instantiates(preset, shards, frame_shards, monk
 USER_ERRORS = {
     "no shards": (["--data.init_args.shards", "nowhere"], ["no 'train' shards in nowhere", "python -m preprocess shard"]),
     "shards of another audio extractor": (["--data.init_args.audio_features", "whisper-tiny"], ["audio features 'synthetic'", "regenerate the shards"]),
-    "fewer eval items than ranks": (["--trainer.devices", "64", "--trainer.strategy", "ddp"], ["fewer evaluation items than the 64 ranks", "use fewer devices"]),
     "no such checkpoint": (["--ckpt_path", "nowhere.ckpt"], ["--ckpt_path nowhere.ckpt: no such checkpoint file"]),
     "unknown key": (["--model.init_args.net.init_args.d_modle", "8"], ["Option 'd_modle' is not accepted", "--model.init_args.net.help"]),
     "unknown key in a config file": (["--config", "typo.yaml"], ["Option 'lambda_vertx' is not accepted", "--model.help lightning_modules.a2e.module.A2EModule"]),

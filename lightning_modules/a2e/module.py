@@ -14,7 +14,7 @@ from lightning_modules.a2e.inference import predict_expressions
 from lightning_modules.a2e.loss import A2ELoss
 from lightning_modules.a2e.transformer import A2ETransformer
 from lightning_modules.hparams import save_hparams
-from lightning_modules.stage_metrics import StageMetrics
+from lightning_modules.stage_metrics import StageMetrics, counted_items
 from metrics.correlation import PearsonFromSums
 from preprocess.face_model import FaceModel
 
@@ -102,10 +102,15 @@ class A2EModule(L.LightningModule):
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         pred = self(batch).float()
-        bs = len(batch["audio"])
+        bs = counted_items(batch, len(batch["audio"]))
         total, logs = self.loss(pred, batch, stage)
-        self.log_dict(logs, on_epoch=True, sync_dist=True, batch_size=bs)
+        # each is a mean over the batch's valid frames: weighted by their count, the split's mean whatever the batches and ranks
+        frames = int(batch["mask"].sum()) if bs else 0
+        self.log_dict(logs, on_epoch=True, sync_dist=True, batch_size=frames)
         m, mask = self.eval_metrics[stage], batch["mask"].float()
+        if bs == 0:  # padding: every key logged, nothing counted
+            m.log_to(self, stage, bs)
+            return
         with torch.autocast(pred.device.type, enabled=False):  # vertex offsets are sub-mm differences of ~100 mm coordinates
             for name, guess in (("", pred), ("_clip_mean", batch["exp_mean"][:, None]), ("_history_mean", batch["history"].mean(1, keepdim=True))):
                 mouth_part, rest = self.loss.split_mse(guess - batch["exp"])

@@ -45,7 +45,7 @@ from lightning_modules.a2e.module import A2EModule
 from lightning_modules.evaluation.table_metrics import COLUMNS, LOWER_IS_BETTER, METRICS, SettingMetrics, default_metrics
 from lightning_modules.inference.compose import redraw
 from lightning_modules.renderer.module import RendererModule
-from lightning_modules.tracking.checkpoints import load_module, resolve_checkpoint, run_of_checkpoint
+from lightning_modules.tracking.checkpoints import load_datamodule, load_module, resolve_checkpoint, run_of_checkpoint
 from metrics.arcface import ArcFaceIdentity
 from metrics.dlib_face import DlibFaces, to_uint8_hwc
 from metrics.perceptual_similarity import LPIPS_NETS
@@ -75,7 +75,7 @@ def load_system(a2e_ckpt: Path, renderer_ckpt: Path, shards: str, device: torch.
         renderer = load_module(RendererModule, renderer_ckpt, map_location=device).eval()
     except TypeError as e:  # a checkpoint saved before networks were kept in the hyperparameters
         raise SystemExit(f"error: cannot rebuild the networks from {a2e_ckpt} / {renderer_ckpt} ({e}); retrain with this version") from e
-    data = RendererDataModule.load_from_checkpoint(renderer_ckpt, shards=shards, num_workers=0)
+    data = load_datamodule(RendererDataModule, renderer_ckpt, shards=shards, num_workers=0)
     runs = {k: run_of_checkpoint(p) or {} for k, p in (("a2e", a2e_ckpt), ("renderer", renderer_ckpt))}
     names = {k: r.get("run_name") or Path(p).parent.name for (k, r), p in zip(runs.items(), (a2e_ckpt, renderer_ckpt))}
     net = a2e.net
@@ -91,7 +91,7 @@ def load_system(a2e_ckpt: Path, renderer_ckpt: Path, shards: str, device: torch.
 def load_clips(data: RendererDataModule, splits: Sequence[str], max_clips: int | None) -> list[dict[str, Any]]:
     clips = []
     for raw in (r for split in splits for r in data.raw_samples(split)):
-        sample = data.decode(raw)
+        sample = data.decode(raw, frames=True)
         if sample is None:
             continue
         if len(valid_frames(sample)) == 0:

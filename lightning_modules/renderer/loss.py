@@ -24,8 +24,11 @@ class PerceptualLoss(nn.Module):
         super().__init__()
         self.features = FeaturePyramid(backbone, weights, pretrained)
 
-    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    def forward(self, fake: torch.Tensor, real: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
+        """The distance for the batch, or one per sample [B] (their mean is the batch's)."""
         feats = self.features(torch.cat([fake, real]))
+        if per_sample:
+            return torch.stack([(f[: len(fake)] - f[len(fake) :]).abs().flatten(1).mean(1) for f in feats]).mean(0)
         return torch.stack([F.l1_loss(f[: len(fake)], f[len(fake) :]) for f in feats]).mean()
 
 
@@ -74,3 +77,17 @@ class RendererLoss(nn.Module):
         logs = {f"{stage}/loss/{k}": v.detach() for k, v in parts.items()}
         logs[f"{stage}/loss/total"] = total.detach()
         return total, logs
+
+    @torch.no_grad()
+    def per_frame(self, fake: torch.Tensor, real: torch.Tensor, teeth: torch.Tensor, stage: str) -> dict[str, torch.Tensor]:
+        """Validation/test losses of each frame [B] (no adversarial term), keyed like :meth:`forward`'s logs.
+
+        Their means over a split do not depend on how its frames were batched or dealt to ranks, which
+        the batch's masked teeth L1 would (a ratio of sums over the batch).
+        """
+        with torch.autocast(fake.device.type, enabled=False):
+            fake, real = fake.float(), real.float()
+            parts = {"l1": (fake - real).abs().flatten(1).mean(1), "perceptual": self.perceptual(fake, real, per_sample=True),
+                     "teeth": masked_l1(fake, real, teeth.float(), per_sample=True)}
+        parts["total"] = sum(self.lambdas[k] * v for k, v in parts.items())
+        return {f"{stage}/loss/{k}": v for k, v in parts.items()}

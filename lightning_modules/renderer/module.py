@@ -15,7 +15,7 @@ from lightning_modules.hparams import save_hparams
 from lightning_modules.renderer.discriminator import PatchDiscriminator
 from lightning_modules.renderer.generator import FIARenderer, blend, coefficient_vector
 from lightning_modules.renderer.loss import RendererLoss, hinge_d_loss, masked_l1
-from lightning_modules.stage_metrics import StageMetrics
+from lightning_modules.stage_metrics import StageMetrics, counted_items
 from metrics.expression_response import ExpressionResponse
 
 
@@ -30,7 +30,7 @@ class RendererEvalMetrics(StageMetrics):
         self.l1_mask = MeanMetric()  # over the redrawn region only: the number the renderer controls
         self.l1_teeth = MeanMetric()
         self.psnr_mask = MeanMetric()  # dB over the redrawn region, images mapped to [0, 1]; frames with an empty region are left out
-        self.mouth_response = ExpressionResponse()  # inner mouth redrawn with the next frame's β: does the mouth follow β at all?
+        self.mouth_response = ExpressionResponse()  # inner mouth redrawn with the partner frame's β: does the mouth follow β at all?
 
 
 class RendererModule(L.LightningModule):
@@ -134,10 +134,14 @@ class RendererModule(L.LightningModule):
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         fake = self(batch).float()
-        real, mask, teeth, bs = batch["source"].float(), batch["mask"].float(), batch["teeth"].float(), len(batch["source"])
-        _, parts = self.loss(fake, real, teeth, None, stage)
-        self.log_dict(parts, on_epoch=True, sync_dist=True, batch_size=bs)
+        real, mask, teeth = batch["source"].float(), batch["mask"].float(), batch["teeth"].float()
+        bs = counted_items(batch, len(real))
+        # frame means logged with the frame count: the split's values whatever the batches and ranks
+        self.log_dict({k: v.mean() for k, v in self.loss.per_frame(fake, real, teeth, stage).items()}, on_epoch=True, sync_dist=True, batch_size=bs)
         m = self.eval_metrics[stage]
+        if bs == 0:  # padding: every key logged, nothing counted
+            m.log_to(self, stage, bs)
+            return
         with torch.autocast(fake.device.type, enabled=False):
             region = (mask > 0).float()
             m.l1.update((fake - real).abs().mean((1, 2, 3)))
@@ -145,11 +149,10 @@ class RendererModule(L.LightningModule):
             m.l1_teeth.update(masked_l1(fake, real, teeth, per_sample=True))
             mse = masked_l1((fake + 1) / 2, (real + 1) / 2, region, per_sample=True, power=2)
             m.psnr_mask.update(-10 * torch.log10(mse.clamp_min(1e-10)), region.flatten(1).amax(1))
-        if bs > 1:  # each frame drawn again with the next frame's β (evaluation batches are consecutive frames of a clip)
-            nxt = torch.roll(torch.arange(bs, device=real.device), -1)
-            swapped = self({**batch, "exp": batch["exp"][nxt]}).float()
-            with torch.autocast(fake.device.type, enabled=False):
-                m.mouth_response.update(fake, swapped, real, real[nxt], torch.maximum(teeth, teeth[nxt]))
+        # each frame drawn again with its partner's β (the clip's next evaluated frame, carried in the item)
+        swapped = self({**batch, "exp": batch["partner_exp"]}).float()
+        with torch.autocast(fake.device.type, enabled=False):
+            m.mouth_response.update(fake, swapped, real, batch["partner"].float(), torch.maximum(teeth, batch["partner_teeth"].float()))
         m.log_to(self, stage, bs)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

@@ -11,6 +11,7 @@ it rebuilds them alone. Checkpoints written before the stage packages (``lightni
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
 from pathlib import Path
@@ -85,3 +86,20 @@ def load_module(cls: type[M], path: str | Path, **kwargs: Any) -> M:
     torch.save(ckpt, buffer)
     buffer.seek(0)
     return cls.load_from_checkpoint(buffer, **kwargs)
+
+
+D = TypeVar("D", bound=L.LightningDataModule)
+
+
+def load_datamodule(cls: type[D], path: str | Path, **overrides: Any) -> D:
+    """The datamodule a checkpoint was trained with, ``overrides`` applied.
+
+    Options this version no longer has (e.g. ``frame_shuffle``, replaced by shuffle rounds) are left out
+    with a note: they shaped training, not how the shards are read for evaluation.
+    """
+    saved = dict(torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("datamodule_hyper_parameters") or {})
+    accepted = inspect.signature(cls.__init__).parameters
+    dropped = sorted(k for k in saved if k not in accepted)
+    if dropped:
+        log.info("%s: data options %s are not options of %s any more; left out", path, ", ".join(dropped), cls.__name__)
+    return cls(**{k: v for k, v in saved.items() if k in accepted} | overrides)
