@@ -148,9 +148,10 @@ class PreviewJob:
 
 @dataclass
 class ReencodeJob:
-    """Rewrite the frames.mp4 of a shard folder to the current schema in place: a keyframe every
-    ``keyframe_interval`` frames, so training decodes only the frames it uses; landmarks, fits, audio and
-    the manifest are kept.
+    """Convert a shard folder's frames.mp4 in place to the current schema, keeping landmarks, fits and audio.
+
+    The new videos have a keyframe every ``keyframe_interval`` frames, so training decodes only the
+    frames it uses; coefficients, audio, features and the manifest are kept as they are.
 
     Shard by shard: each is written beside the old one and renamed over it when complete, so a killed
     run resumes with the same command (converted shards are skipped). Under torchrun or SLURM each rank
