@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install weights gpu-wheels gpu-check test test-full lint demo bench face-model figures mlflow-ui a2e-grid renderer-grid a2e-corpus renderer-corpus corpus-shards clean
+.PHONY: help install weights gpu-wheels gpu-check test test-full lint demo bench face-model figures mlflow-server mlflow-ui a2e-grid renderer-grid a2e-corpus renderer-corpus corpus-shards clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -54,6 +54,19 @@ demo: install ## preprocess the bundled GRID samples, train A2E and the renderer
 	$(PY) -m lightning_modules evaluate --a2e checkpoints/a2e-demo --renderer checkpoints/renderer-demo --shards sharded_data/demo --split val test --out evaluation/demo --identity-every 5 --calibration
 	$(PY) -m lightning_modules dub --video sharded_data/samples/bbaf2n.mpg --audio sharded_data/samples/lbax4n.mpg --a2e checkpoints/a2e-demo --renderer checkpoints/renderer-demo --out evaluation/demo/dub_bbaf2n_by_lbax4n.mp4 --mlflow
 	@echo "demo done: shards and plots in sharded_data/demo/, checkpoints and image grids in checkpoints/{a2e,renderer}-demo/, evaluation table and videos in evaluation/demo/, the dubbed clip evaluation/demo/dub_bbaf2n_by_lbax4n.mp4, runs in mlruns/ (make mlflow-ui: experiment renderer-demo, metrics eval/*, artifacts eval/)"
+
+# A tracking server for jobs on several machines (a sqlite file on a network filesystem is not safe to share):
+# start it on a machine every node reaches, then MLFLOW_TRACKING_URI=http://HOST:PORT for every job.
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+MLFLOW_STORE ?= $(CURDIR)/mlruns-server
+MLFLOW_BACKEND ?= sqlite:///$(MLFLOW_STORE)/mlflow.db
+MLFLOW_ALLOWED_HOSTS ?=
+mlflow-server: install ## MLflow tracking server for cluster runs: MLFLOW_HOST (0.0.0.0 for other nodes), MLFLOW_PORT, MLFLOW_STORE (its database and artifacts), MLFLOW_BACKEND (e.g. postgresql://...), MLFLOW_ALLOWED_HOSTS
+	mkdir -p $(MLFLOW_STORE)
+	@echo "jobs log here with: export MLFLOW_TRACKING_URI=http://$$( [ "$(MLFLOW_HOST)" = 0.0.0.0 ] && hostname -f || echo $(MLFLOW_HOST) ):$(MLFLOW_PORT)"
+	$(VENV)/bin/mlflow server --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --backend-store-uri $(MLFLOW_BACKEND) \
+	  --artifacts-destination $(MLFLOW_STORE)/artifacts $(if $(MLFLOW_ALLOWED_HOSTS),--allowed-hosts $(MLFLOW_ALLOWED_HOSTS))
 
 mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 over the local database ./mlruns/mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port 5000

