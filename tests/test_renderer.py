@@ -285,7 +285,7 @@ def test_the_sketch_carries_the_expression_when_adain_ignores_it(frames):
 @pytest.mark.ddp
 def test_ddp_two_processes_gan_fit_logs_one_run_and_resumes(frames, tmp_path):
     """2 CPU processes (gloo), manual optimisation with the critic on, MLflow; resume keeps the run."""
-    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.logger.init_args.run_name", "gan"]
     run_cli(tmp_path, "fit", *tiny_args(frames, base=RENDERER_BASE), *ddp)
     client, runs = mlflow_runs(tmp_path)
     assert len(runs) == 1 and runs[0].data.params["run/world_size"] == "2"

@@ -29,9 +29,11 @@ def tiny_args(shards: Path, *extra_configs: str, base: list[str] = BASE) -> list
     return [*args, "--data.init_args.shards", str(shards), "--data.init_args.audio_features", AUDIO_NAME, "--data.init_args.audio_dim", "16"]
 
 
-def run_cli(cwd: Path, *args: str, module: str = "lightning_modules", timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), "HF_HUB_OFFLINE": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+def run_cli(cwd: Path, *args: str, module: str = "lightning_modules", timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m module *args`` in ``cwd``, tracking into ``cwd/mlruns`` unless ``env`` says otherwise; asserts exit 0."""
+    base = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), "HF_HUB_OFFLINE": "1"}
+    base.pop("MLFLOW_TRACKING_URI", None)
+    env = base | (env or {})
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
@@ -86,6 +88,7 @@ USER_ERRORS = {
     "no shards": (["--data.init_args.shards", "nowhere"], ["no 'train' shards in nowhere", "python -m preprocess shard"]),
     "shards of another audio extractor": (["--data.init_args.audio_features", "whisper-tiny"], ["audio features 'synthetic'", "regenerate the shards"]),
     "no such checkpoint": (["--ckpt_path", "nowhere.ckpt"], ["--ckpt_path nowhere.ckpt: no such checkpoint file"]),
+    "a sqlite store for several machines": (["--trainer.num_nodes", "2"], ["2 nodes would track into the sqlite file", "make mlflow-server", "MLFLOW_TRACKING_URI"]),
     "unknown key": (["--model.init_args.net.init_args.d_modle", "8"], ["Option 'd_modle' is not accepted", "--model.init_args.net.help"]),
     "unknown key in a config file": (["--config", "typo.yaml"], ["Option 'lambda_vertx' is not accepted", "--model.help lightning_modules.a2e.module.A2EModule"]),
 }
@@ -168,7 +171,7 @@ def test_tracking_turned_off_writes_no_mlflow_run(shards, tmp_path):
 @pytest.mark.ddp
 def test_ddp_two_processes_bf16_one_run_and_resume(shards, tmp_path):
     """2 CPU processes (gloo), bf16-mixed, MLflow: one run with config and params; resume keeps it."""
-    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.precision", "bf16-mixed"]
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.precision", "bf16-mixed", "--trainer.logger.init_args.run_name", "ddp"]
     run_cli(tmp_path, "fit", *tiny_args(shards), *ddp)
     client, runs = mlflow_runs(tmp_path)
     assert len(runs) == 1
@@ -215,4 +218,7 @@ def test_runs_are_tracked_by_default_resume_by_name_and_compare(shards, tmp_path
 
     # a new run under a name that has checkpoints is refused, never silently overwritten
     assert "--ckpt_path last" in user_error(tmp_path, "fit", *tiny_args(shards), "--trainer.logger.init_args.run_name", "second")
+    # and "last" of no named run is no run at all: another concurrent run's checkpoint is never taken
+    error = user_error(tmp_path, "fit", *tiny_args(shards), "--ckpt_path", "last")
+    assert "which run?" in error and first in error and "second" in error
     assert len(mlflow_runs(tmp_path)[1]) == 2
