@@ -26,6 +26,7 @@ from lightning.pytorch.trainer.connectors.checkpoint_connector import _Checkpoin
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from datamodules.shard_datamodule import ShardDataModule
+from lightning_modules.ddp_networks import NetworkDDPStrategy
 from lightning_modules.tracking.checkpoints import latest_checkpoint, run_folders, run_of_checkpoint
 from lightning_modules.tracking.final_checkpoint import FinalStepCheckpoint
 from lightning_modules.tracking.run_logger import RUN_NAME_ENV, find_run_logger, sqlite_file
@@ -218,16 +219,20 @@ class RealTalkCLI(LightningCLI):
         return f"{type(self.model).__name__.removesuffix('Module').lower() or 'run'}-job{job}" if job else None
 
     def _gan_ddp(self) -> None:
-        """A manually optimised GAN under DDP needs ``find_unused_parameters``.
+        """A manually optimised GAN under plain DDP needs ``find_unused_parameters``.
 
-        Lightning wraps the whole LightningModule in one DDP, and each of the critic's and the
-        generator's backward passes reaches only its own network's parameters; without the
-        flag DDP waits for gradients that never come and fails at the next step.
+        Lightning's ``ddp`` wraps the whole LightningModule in one DDP, and each of the critic's and the
+        generator's backward passes reaches only its own network's parameters; without the flag DDP
+        waits for gradients that never come and fails at the next step. ``ddp_networks`` (the presets')
+        wraps each network apart and needs nothing of the kind.
         """
         strategy = self.trainer.strategy
+        if isinstance(strategy, NetworkDDPStrategy) and hasattr(self.model, "ddp_networks"):
+            return
         if not self.model.automatic_optimization and isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters"):
             strategy._ddp_kwargs["find_unused_parameters"] = True
-            rank_zero_info("manual optimisation under DDP: find_unused_parameters=True (the generator and critic steps each reach half the parameters)")
+            rank_zero_info("manual optimisation under ddp: find_unused_parameters=True, two all-reduces of both networks per iteration "
+                           "(--trainer.strategy ddp_networks: one per network)")
 
     def _new_run_name(self) -> str:
         """``<model>-<time>``, shared by every process of a DDP job Lightning launches (they inherit it through the environment)."""

@@ -172,7 +172,7 @@ def test_blend_keeps_pixels_outside_the_mask_exactly():
     assert torch.allclose(out[inside], generated[inside])
 
 
-def tiny_module(disc_start_step: int = 0, lr: float = 1e-3, sketch_channels: int = 0) -> RendererModule:
+def tiny_module(disc_start_step: int = 0, lr: float = 1e-3, sketch_channels: int = 0, **options) -> RendererModule:
     fm = FaceModel()
     return RendererModule(
         FIARenderer(shape_dim=fm.shape_dim, exp_dim=fm.exp_dim, **TINY, sketch_channels=sketch_channels),
@@ -181,6 +181,7 @@ def tiny_module(disc_start_step: int = 0, lr: float = 1e-3, sketch_channels: int
         disc_start_step=disc_start_step,
         optimizer_g=lambda p: torch.optim.Adam(p, lr=lr),
         optimizer_d=lambda p: torch.optim.Adam(p, lr=lr),
+        **options,
     )
 
 
@@ -194,7 +195,7 @@ def test_one_gan_step_in_bf16_updates_generator_and_critic(frames):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith("net.") for k in changed) and any(k.startswith("discriminator.") for k in changed)
     assert not any(k.startswith("loss.perceptual") for k in changed)  # frozen backbone
-    assert int(module.generator_steps) == 1 and trainer.global_step == 2  # one generator + one critic step
+    assert trainer.global_step == 1  # one iteration: the critic's step is not counted apart
 
 
 def test_colour_jitter_recolours_source_and_reference_alike_and_only_in_training(frames):

@@ -32,15 +32,19 @@ class PerceptualLoss(nn.Module):
         return torch.stack([F.l1_loss(f[: len(fake)], f[len(fake) :]) for f in feats]).mean()
 
 
-def masked_l1(fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor, per_sample: bool = False, power: int = 1) -> torch.Tensor:
+def masked_l1(
+    fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor, per_sample: bool = False, power: int = 1, pixels: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean |fake − real|^power over the pixels of ``mask`` and the channels (0 where the mask is empty).
 
     One value for the batch, or one per sample [B] with ``per_sample`` (``power=2`` gives the masked MSE).
+    ``pixels``: divide by this mask sum instead of the batch's own (a micro-batch's share of its whole batch's).
     """
     weight = mask.expand_as(fake)
     err = (fake - real).abs().pow(power) * weight
     dims = tuple(range(1, fake.dim())) if per_sample else tuple(range(fake.dim()))
-    return err.sum(dims) / weight.sum(dims).clamp_min(1.0)
+    total = weight.sum(dims) if pixels is None else pixels * fake.shape[1]
+    return err.sum(dims) / total.clamp_min(1.0)
 
 
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -56,21 +60,32 @@ class RendererLoss(nn.Module):
         lambda_perceptual: λ2.
         lambda_adversarial: λ3 (hinge generator loss, only once the discriminator has started).
         lambda_teeth: λ4, L1 over the teeth mask M′.
+        perceptual_autocast: run the perceptual network under the training's mixed precision instead of
+            fp32 (its distances, not its activations, are what the loss uses; README "Training" has the
+            measured difference); the distances themselves are taken in fp32 either way.
     """
 
     def __init__(
-        self, perceptual: PerceptualLoss, lambda_l1: float = 1.0, lambda_perceptual: float = 1.0, lambda_adversarial: float = 0.1, lambda_teeth: float = 1.0
+        self, perceptual: PerceptualLoss, lambda_l1: float = 1.0, lambda_perceptual: float = 1.0, lambda_adversarial: float = 0.1, lambda_teeth: float = 1.0,
+        perceptual_autocast: bool = False,
     ) -> None:
         super().__init__()
         self.perceptual = perceptual
+        self.perceptual_autocast = perceptual_autocast
         self.lambdas = {"l1": lambda_l1, "perceptual": lambda_perceptual, "adversarial": lambda_adversarial, "teeth": lambda_teeth}
 
     def forward(
-        self, fake: torch.Tensor, real: torch.Tensor, teeth: torch.Tensor, fake_logits: torch.Tensor | None, stage: str
+        self, fake: torch.Tensor, real: torch.Tensor, teeth: torch.Tensor, fake_logits: torch.Tensor | None, stage: str, teeth_pixels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        with torch.autocast(fake.device.type, enabled=False):  # losses in fp32 under bf16-mixed
+        """(total, logs); ``teeth_pixels``: the teeth term's denominator when this is a micro-batch (see :func:`masked_l1`)."""
+        device = fake.device.type
+        amp = torch.is_autocast_enabled(device) and self.perceptual_autocast
+        amp_dtype = torch.get_autocast_dtype(device)
+        with torch.autocast(device, enabled=False):  # losses in fp32 under mixed precision
             fake, real = fake.float(), real.float()
-            parts = {"l1": F.l1_loss(fake, real), "perceptual": self.perceptual(fake, real), "teeth": masked_l1(fake, real, teeth.float())}
+            with torch.autocast(device, dtype=amp_dtype, enabled=amp):
+                perceptual = self.perceptual(fake, real)
+            parts = {"l1": F.l1_loss(fake, real), "perceptual": perceptual.float(), "teeth": masked_l1(fake, real, teeth.float(), pixels=teeth_pixels)}
             if fake_logits is not None:
                 parts["adversarial"] = -fake_logits.float().mean()
         total = sum(self.lambdas[k] * v for k, v in parts.items())

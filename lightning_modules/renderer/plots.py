@@ -30,12 +30,12 @@ def renderer_grid(batch: dict[str, torch.Tensor], output: torch.Tensor, out: Pat
 
 
 class RendererImageGrid(Callback):
-    """Every ``every_n_steps`` generator steps (and at the end of training), a grid of the current training batch.
+    """Every ``every_n_steps`` iterations (and at the end of training), a grid of the current training batch.
 
     The PNG goes next to the run's checkpoints (``grids/``) and into the MLflow run (``images/``).
 
     Args:
-        every_n_steps: generator steps between grids.
+        every_n_steps: iterations between grids.
         rows: examples per grid.
     """
 
@@ -44,7 +44,7 @@ class RendererImageGrid(Callback):
         self._last: dict[str, torch.Tensor] | None = None
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict[str, torch.Tensor]) -> None:
-        step = int(pl_module.generator_steps)
+        step = trainer.global_step
         was_training = pl_module.training
         pl_module.eval()
         rows = {k: v[: self.rows] if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -58,9 +58,9 @@ class RendererImageGrid(Callback):
         if not trainer.is_global_zero:
             return
         self._last = batch
-        if int(pl_module.generator_steps) % self.every_n_steps == 0:
+        if trainer.global_step % self.every_n_steps == 0:
             self._write(trainer, pl_module, batch)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and self._last is not None and int(pl_module.generator_steps) % self.every_n_steps:
+        if trainer.is_global_zero and self._last is not None and trainer.global_step % self.every_n_steps:
             self._write(trainer, pl_module, self._last)
