@@ -124,18 +124,17 @@ def read_sample(ref: SampleRef) -> dict[str, Any]:
     return sample
 
 
-def deal(refs: list[SampleRef], parts: int) -> list[list[SampleRef]]:
-    """``refs`` split into ``parts`` lists of about equal frame counts (longest first to the least loaded), each in shard order.
-
-    The first ``parts`` clips go one to each part, so every part gets a clip whenever there are enough.
-    """
+def deal(weights: list[int], parts: int) -> list[list[int]]:
+    """Indices of ``weights`` (e.g. clips' frame counts) split into ``parts`` lists of about equal total weight:
+    heaviest first to the least loaded, each list in index order. The first ``parts`` items go one to each part,
+    so every part gets one whenever there are enough; the same split in every process."""
     load = [(0, p) for p in range(parts)]
     out: list[list[int]] = [[] for _ in range(parts)]
-    for i in sorted(range(len(refs)), key=lambda i: (-refs[i].frames, i)):
-        frames, p = heapq.heappop(load)
+    for i in sorted(range(len(weights)), key=lambda i: (-weights[i], i)):
+        total, p = heapq.heappop(load)
         out[p].append(i)
-        heapq.heappush(load, (frames + refs[i].frames, p))
-    return [[refs[i] for i in sorted(part)] for part in out]
+        heapq.heappush(load, (total + weights[i], p))
+    return [sorted(part) for part in out]
 
 
 class EvalItems(IterableDataset):
@@ -158,7 +157,8 @@ class EvalItems(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, workers = worker_slot()
-        mine = deal(deal(self.refs, self.world_size)[self.rank], workers)[worker]
+        rank_refs = [self.refs[i] for i in deal([r.frames for r in self.refs], self.world_size)[self.rank]]
+        mine = [rank_refs[i] for i in deal([r.frames for r in rank_refs], workers)[worker]]
         produced = False
         for ref in mine:
             for item in self._items(ref):

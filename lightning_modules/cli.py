@@ -15,9 +15,10 @@ import sys
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import lightning as L
+import torch
 from jsonargparse import ArgumentError
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -116,6 +117,8 @@ class RealTalkCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - LightningArgumentParser
         parser.add_lightning_class_args(FinalStepCheckpoint, "checkpoint")
+        parser.add_argument("--float32_matmul_precision", type=Literal["highest", "high", "medium"], default="highest",
+                            help="torch.set_float32_matmul_precision: high = TF32 matrix products on Ampere and newer GPUs (the GPU presets)")
         parser.set_defaults({"trainer.logger": DEFAULT_LOGGER})
         # validation by steps whatever the trainer preset: the epochs of a streamed dataset are arbitrary cuts
         parser.set_defaults({"trainer.check_val_every_n_epoch": None, "trainer.val_check_interval": 500})
@@ -137,6 +140,9 @@ class RealTalkCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         trainer._checkpoint_connector = _OwnFolderCheckpoints(trainer)
         return trainer
+
+    def before_instantiate_classes(self) -> None:
+        torch.set_float32_matmul_precision(self._get(self.config, "float32_matmul_precision", default="highest"))
 
     # -- run and checkpoint bookkeeping, before each subcommand -----------------------------------
     def before_fit(self) -> None:

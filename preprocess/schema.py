@@ -78,11 +78,14 @@ def decode_sample(sample: dict[str, Any], frames: bool = True) -> dict[str, Any]
     return out
 
 
-def sample_frames(sample: dict[str, Any], indices: Any) -> np.ndarray:
-    """uint8 RGB crops [len(indices), S, S, 3] of a decoded sample's frames ``indices``, decoding only what they need."""
+def sample_frames(sample: dict[str, Any], indices: Any = None) -> np.ndarray:
+    """uint8 RGB crops [len(indices), S, S, 3] of a decoded sample's frames ``indices``, decoding only what they need
+    (None: every frame, in one pass)."""
     frames = sample["meta"].get("frames", {})
     if frames.get("damaged"):  # marked by python -m preprocess reencode
         raise ValueError(f"frames.mp4 does not decode ({frames['damaged']})")
+    if indices is None:
+        return decode_mp4(sample["video"])
     return decode_frames(sample["video"], indices, frames.get("keyframe_interval") or KEYFRAME_INTERVAL)
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lightning_modules.evaluation import evaluate as evaluate_module
-from lightning_modules.evaluation.evaluate import baseline_crops, generate, load_clips, load_system, paste_back
+from lightning_modules.evaluation.evaluate import baseline_crops, generate, load_clips, load_system, paste_back, with_frames
 from lightning_modules.evaluation.table_metrics import default_metrics, every_nth
 from lightning_modules.tracking.checkpoints import resolve_checkpoint
 from preprocess.media import decode_mp4, load_audio, probe
@@ -92,12 +92,39 @@ def test_evaluate_writes_the_table_videos_with_audio_and_mlflow_metrics(trained)
 def test_fitted_drives_the_renderer_with_the_clips_own_expressions(trained, monkeypatch) -> None:
     ck = trained / "checkpoints" / "realtalk"
     system = load_system(resolve_checkpoint(str(ck / "a2e-both")), resolve_checkpoint(str(ck / "renderer")), str(trained / "shards"), torch.device("cpu"))
-    clip = load_clips(system.data, ["test"], 1)[0]
+    clip = with_frames(load_clips(system.data, ["test"], 1)[0])
     seen = []
     monkeypatch.setattr(evaluate_module, "redraw", lambda net, masker, source, reference, shape, exp, *rest: seen.append(exp) or (source, source[:, :1]))
     monkeypatch.setattr(evaluate_module, "predict_expressions", lambda *a: pytest.fail("the A2E ran for the fitted row"))
     list(generate(system, clip, clip, 10, torch.device("cpu"), fitted=True))
     assert torch.equal(torch.cat(seen), torch.from_numpy(clip["coeffs"]["exp"].astype(np.float32)))
+
+
+@pytest.mark.ddp
+def test_evaluate_on_two_ranks_writes_the_table_of_one(trained) -> None:
+    """--devices 2 (gloo): each rank scores its share of the clips and the metrics reduce over both; every value of
+    the table (baselines, fitted row, calibration included) equals one process's to 1e-6. Not ms/frame: a timing."""
+    ck = trained / "checkpoints" / "realtalk"
+    tables = {}
+    for devices in (1, 2):
+        out = trained / f"ranks{devices}"
+        run_cli(trained, "evaluate", "--a2e", str(ck / "a2e-both"), "--renderer", str(ck / "renderer"), "--shards", str(trained / "shards"),
+                "--out", str(out), "--videos", "1", "--no-mlflow", "--metrics", "quality", "lmd", "fd_effnet", "--baselines", "blur", "--fitted",
+                "--calibration", "--devices", str(devices))
+        tables[devices] = list(csv.DictReader(open(out / "table.csv")))
+        assert len(list(out.rglob("*.mp4"))) == 2  # the first pair of each setting, written by whichever rank scored it
+    one, two = tables[1], tables[2]
+    assert [(r["system"], r["setting"]) for r in one] == [(r["system"], r["setting"]) for r in two] and len(one) == 7
+    for a, b in zip(one, two):
+        for column, value in a.items():
+            if column != "ms/frame" and value not in ("", None) and column not in ("system", "setting", "mask"):
+                try:
+                    x, y = float(value), float(b[column])
+                except ValueError:
+                    assert value == b[column], column
+                    continue
+                same = (x != x and y != y) or abs(x - y) <= 1e-6 * max(1.0, abs(x))  # NaN: dlib finds no face in these synthetic frames
+                assert same, (a["system"], a["setting"], column, x, y)
 
 
 def test_evaluate_stops_on_a_bad_pairing_file(trained, tmp_path) -> None:

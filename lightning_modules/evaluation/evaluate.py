@@ -15,8 +15,12 @@ blurred inside the mask (its low frequencies: roughly where the mouth is, not ho
 expressions instead of the A2E's: a perfect A2E, so that the row tells the renderer's share of the
 error from the A2E's.
 
-Runs in one process (CPU or one GPU). Metrics whose weights are missing are left out of the
-default set and shown as "—"; asking for one explicitly without its weights is an error.
+Runs on the device (the metrics' networks too) and, with ``--devices N`` (launched like ``fit``: this
+command starts the other processes, or torchrun / srun start them), over N processes: the clips are
+dealt to the ranks by frame count, each rank decodes and scores only its own, and every metric is
+reduced across ranks, so the table is the one a single process writes. Metrics whose weights are
+missing are left out of the default set and shown as "—"; asking for one explicitly without its
+weights is an error.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from tqdm import tqdm
 
 from datamodules.renderer_datamodule import RendererDataModule
 from datamodules.renderer_frames import scale_camera, to_images, valid_frames
+from datamodules.shard_stream import deal
 from lightning_modules.a2e.inference import predict_expressions
 from lightning_modules.a2e.module import A2EModule
 from lightning_modules.evaluation.table_metrics import COLUMNS, LOWER_IS_BETTER, METRICS, SettingMetrics, default_metrics
@@ -52,6 +57,7 @@ from metrics.dlib_face import DlibFaces, to_uint8_hwc
 from metrics.perceptual_similarity import LPIPS_NETS
 from preprocess.audio_features import AudioFeatureConfig, build_audio_features
 from preprocess.media import AUDIO_RATE, iter_frames, load_audio, write_mp4
+from preprocess.schema import sample_frames
 
 log = logging.getLogger(__name__)
 SAMPLES_PER_FRAME = AUDIO_RATE // 25
@@ -68,9 +74,10 @@ class System:
     renderer_label: str
     run: dict[str, str] | None
     params: dict[str, Any]
+    net: torch.nn.Module  # the generator evaluated: its weight average when it kept one, unless --no-ema
 
 
-def load_system(a2e_ckpt: Path, renderer_ckpt: Path, shards: str, device: torch.device) -> System:
+def load_system(a2e_ckpt: Path, renderer_ckpt: Path, shards: str, device: torch.device, ema: bool = True) -> System:
     try:
         a2e = load_module(A2EModule, a2e_ckpt, map_location=device).eval()
         renderer = load_module(RendererModule, renderer_ckpt, map_location=device).eval()
@@ -85,14 +92,17 @@ def load_system(a2e_ckpt: Path, renderer_ckpt: Path, shards: str, device: torch.
         "blocks": renderer.net.blocks,
         "image_size": data.hparams.image_size,
     }
-    return System(a2e, renderer, data, f"{names['a2e']} + {names['renderer']}", names["renderer"], runs["renderer"] or None, params)
+    generator = renderer.inference_net if ema else renderer.net
+    data.masker.to(device)
+    return System(a2e, renderer, data, f"{names['a2e']} + {names['renderer']}", names["renderer"], runs["renderer"] or None, params, generator)
 
 
 # -- clips and pairings ---------------------------------------------------------------------------
 def load_clips(data: RendererDataModule, splits: Sequence[str], max_clips: int | None) -> list[dict[str, Any]]:
+    """Every usable clip of ``splits``, by key, without its frames (:func:`with_frames` decodes them where a clip is scored)."""
     clips = []
     for raw in (r for split in splits for r in data.raw_samples(split)):
-        sample = data.decode(raw, frames=True)
+        sample = data.decode(raw)
         if sample is None:
             continue
         if len(valid_frames(sample)) == 0:
@@ -104,6 +114,11 @@ def load_clips(data: RendererDataModule, splits: Sequence[str], max_clips: int |
     if not clips:
         raise SystemExit(f"error: split(s) {', '.join(splits)} of {data.hparams.shards} have no usable clip")
     return sorted(clips, key=lambda c: c["__key__"])
+
+
+def with_frames(clip: dict[str, Any]) -> dict[str, Any]:
+    """The clip with its decoded frames [T, S, S, 3] (decoded again each time: the clips of a split need not fit in memory)."""
+    return {**clip, "frames": sample_frames(clip)}
 
 
 def cross_pairs(clips: list[dict[str, Any]], pairs_file: str | None) -> list[tuple[int, int]]:
@@ -148,7 +163,7 @@ def generate(
     pasted into the true crop under the mask (see :func:`~lightning_modules.inference.compose.redraw`).
     ``fitted`` drives the renderer with the clip's own fitted expressions instead of the A2E's.
     """
-    a2e, renderer, data = system.a2e, system.renderer, system.data
+    a2e, data = system.a2e, system.data
     c, crop, size = video["coeffs"], int(video["meta"]["crop_size"]), data.hparams.image_size
     frames = min(len(c["exp"]), len(audio["audio_feats"]) // 2)
     as_t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32)).to(device)  # noqa: E731
@@ -173,11 +188,11 @@ def generate(
         sync(device)
         start = time.perf_counter()
         source = to_images(video["frames"][idx], size).to(device)
-        out, mask = redraw(renderer.net, data.masker, source, reference, shape, exp, as_t(c["exp"][idx]), pose, camera)
+        out, mask = redraw(system.net, data.masker, source, reference, shape, exp, as_t(c["exp"][idx]), pose, camera)
         sync(device)
         seconds = time.perf_counter() - start + a2e_seconds * len(idx) / frames
-        real = unit_frames(video["frames"][idx])
-        fake, mask_crop = out.cpu().add(1).div(2), mask.cpu()
+        real = unit_frames(video["frames"][idx]).to(device)
+        fake, mask_crop = out.add(1).div(2), mask
         if size != crop:
             up = lambda x: torch.nn.functional.interpolate(x, size=(crop, crop), mode="bilinear", align_corners=False)  # noqa: E731
             fake, mask_crop = up(fake), up(mask_crop)
@@ -313,44 +328,69 @@ def moved(frames: np.ndarray, dx: int) -> np.ndarray:
 
 
 def calibration_rows(
-    clips: list[dict[str, Any]], chosen: list[str], faces: DlibFaces | None, identity: ArcFaceIdentity | None, args: argparse.Namespace
+    clips: list[dict[str, Any]], mine: list[int], chosen: list[str], faces: DlibFaces | None, identity: ArcFaceIdentity | None,
+    args: argparse.Namespace, device: torch.device,
 ) -> list[dict[str, Any]]:
     """The metrics on real frames with known answers: each clip against itself (LMD 0, CSIM 1, LPIPS 0), against
-    itself moved 3 px (LMD 3), and against the next clip's frames (another speaker: CSIM lower)."""
+    itself moved 3 px (LMD 3), and against the next clip's frames (another speaker: CSIM lower); this rank's clips."""
     cases = {
-        "itself": lambda i: (clips[i]["frames"], clips[i]["frames"]),
-        "itself moved 3 px": lambda i: (moved(clips[i]["frames"], 3), clips[i]["frames"]),
+        "itself": lambda i, frames: (frames, frames),
+        "itself moved 3 px": lambda i, frames: (moved(frames, 3), frames),
     }
     if len(clips) > 1:
-        cases["next clip"] = lambda i: (clips[(i + 1) % len(clips)]["frames"], clips[i]["frames"])
+        cases["next clip"] = lambda i, frames: (sample_frames(clips[(i + 1) % len(clips)]), frames)
     rows = []
     for name, case in cases.items():
         sm = SettingMetrics(
             True, [m for m in chosen if m in ("lmd", "csim", "quality", "lpips")], faces, lpips_weights=args.lpips_weights,
-            lpips_net=args.lpips_net, identity_every=args.identity_every, identity=identity,
+            lpips_net=args.lpips_net, identity_every=args.identity_every, identity=identity, device=device,
         )
-        for i in range(len(clips)):
-            fake, real = case(i)
+        for i in mine:
+            fake, real = case(i, sample_frames(clips[i]))
             t = min(len(fake), len(real))
             for s in range(0, t, args.batch_size):
-                sm.update(unit_frames(fake[s : min(s + args.batch_size, t)]), unit_frames(real[s : min(s + args.batch_size, t)]), None, None, s)
+                part = slice(s, min(s + args.batch_size, t))
+                sm.update(unit_frames(fake[part]).to(device), unit_frames(real[part]).to(device), None, None, s)
         rows.append({"system": "ground truth (calibration)", "setting": f"vs {name}", "params": {}, **sm.row(), "ms/frame": None})
     return rows
 
 
 # -- the command ----------------------------------------------------------------------------------
-def evaluate(args: argparse.Namespace) -> str:
-    device = torch.device(args.device)
+def launch(args: argparse.Namespace) -> Any:
+    """The processes of this evaluation: ``--devices`` × ``--num-nodes`` ranks (started here, or by torchrun / srun), one when both are 1."""
+    from lightning.fabric import Fabric
+
+    accelerator = "cuda" if str(args.device).startswith("cuda") else "cpu"
+    many = args.devices * args.num_nodes > 1
+    fabric = Fabric(accelerator=accelerator, devices=args.devices, num_nodes=args.num_nodes, strategy="ddp" if many else "auto", precision="32-true")
+    fabric.launch()
+    return fabric
+
+
+def gather(items: list[Any]) -> list[Any]:
+    """Every rank's ``items``, concatenated in rank order (the list itself in one process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return items
+    parts: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+def evaluate(args: argparse.Namespace) -> str | None:
+    """Write the tables (rank 0); the markdown table and where it was logged (None on the other ranks)."""
+    fabric = launch(args)
+    device, rank, world = fabric.device, fabric.global_rank, fabric.world_size
     chosen = args.metrics or default_metrics(args.lpips_weights, args.fid_weights, args.lpips_net)
     faces = DlibFaces() if {"lmd", "csim"} & set(chosen) else None
-    identity = ArcFaceIdentity(args.arcface_weights, faces, args.device) if args.arcface_weights and "csim" in chosen else None
+    identity = ArcFaceIdentity(args.arcface_weights, faces, str(device)) if args.arcface_weights and "csim" in chosen else None
     out = Path(args.out)
     all_rows, notes, where, calibrated = [], [], [], False
     with_fitted: set[Path] = set()
     for a2e_ckpt in map(resolve_checkpoint, args.a2e):
         for renderer_ckpt in map(resolve_checkpoint, args.renderer):
-            system = load_system(a2e_ckpt, renderer_ckpt, args.shards, device)
+            system = load_system(a2e_ckpt, renderer_ckpt, args.shards, device, ema=not args.no_ema)
             clips = load_clips(system.data, args.split, args.max_clips)
+            mine = deal([len(c["coeffs"]["exp"]) for c in clips], world)[rank]  # by frame count: every rank about as long
             if args.audio:  # featurised once, as the shards' audio was
                 spoken = external_audio(args.audio, clips[0])
                 drivers = [(i, spoken) for i in range(len(clips))]
@@ -362,16 +402,17 @@ def evaluate(args: argparse.Namespace) -> str:
             for setting, pairs in settings.items():
                 metrics = lambda recon=setting == "reconstruction": SettingMetrics(  # noqa: E731
                     recon, chosen, faces, lpips_weights=args.lpips_weights, fid_weights=args.fid_weights,
-                    lpips_net=args.lpips_net, identity_every=args.identity_every, fd_every=args.fd_every, identity=identity,
+                    lpips_net=args.lpips_net, identity_every=args.identity_every, fd_every=args.fd_every, identity=identity, device=device,
                 )
                 sm = metrics()
                 # the baselines once, beside the first system: they depend on the clips and the mask, not on the A2E
                 baselines = {b: metrics() for b in args.baselines} if setting == "reconstruction" and not all_rows else {}
                 # the fitted-β row once per renderer: it does not depend on the A2E either
                 fitted = metrics() if args.fitted and setting == "reconstruction" and renderer_ckpt not in with_fitted else None
-                for n, (i, driver) in enumerate(tqdm(pairs, desc=f"{setting} ({system.label})", unit="clip")):
-                    video = clips[i]
-                    reference = unit_frames(video["frames"][valid_frames(video)[:1]])
+                ours = [(n, i, driver) for n, (i, driver) in enumerate(pairs) if i in mine]
+                for n, i, driver in tqdm(ours, desc=f"{setting} ({system.label})", unit="clip", disable=rank != 0):
+                    video = with_frames(clips[i])
+                    reference = unit_frames(video["frames"][valid_frames(video)[:1]]).to(device)
                     crops, masks = [], []
                     for first, fake, real, mask, seconds in generate(system, video, driver, args.batch_size, device):
                         sm.update(fake, real, reference, mask, first, seconds)
@@ -379,14 +420,15 @@ def evaluate(args: argparse.Namespace) -> str:
                             bm.update(baseline_crops(b, real, reference, mask), real, reference, mask, first, 0.0)
                         if n < args.videos:
                             crops.append(to_uint8_hwc(fake))
-                            masks.append(mask[:, 0].numpy())
+                            masks.append(mask[:, 0].cpu().numpy())
                     if fitted is not None:
                         for first, fake, real, mask, seconds in generate(system, video, driver, args.batch_size, device, fitted=True):
                             fitted.update(fake, real, reference, mask, first, seconds)
-                    if n < args.videos:
+                    if n < args.videos:  # the first --videos pairs, written by the rank that scored them
                         frames = paste_back(video, np.concatenate(crops), np.concatenate(masks))
                         path = folder / "videos" / f"{setting}_{video['__key__']}_by_{driver['__key__']}.mp4"
                         videos.append(write_mp4(path, frames, driver["audio"][: len(frames) * SAMPLES_PER_FRAME]))
+                # every rank computes every row: each metric reduces its state over the ranks there
                 rows.append({"system": system.label, "setting": setting, "params": system.params, **sm.row()})
                 for b, bm in baselines.items():
                     rows.append({"system": BASELINES[b], "setting": setting, "params": {}, **bm.row(), "ms/frame": None, "mlflow_prefix": f"baseline-{b}/"})
@@ -394,14 +436,18 @@ def evaluate(args: argparse.Namespace) -> str:
                     rows.append({"system": f"fitted β (a perfect A2E) + {system.renderer_label}", "setting": setting, "params": {}, **fitted.row(),
                                  "ms/frame": None, "mlflow_prefix": "fitted/"})
                     with_fitted.add(renderer_ckpt)
-            write_tables(rows, folder, [])
-            prefix = "eval/" if len(args.a2e) == 1 else f"eval/{Path(a2e_ckpt).parent.name}/"
-            if not args.no_mlflow and (run := log_to_mlflow(system, rows, folder, videos, prefix)):
-                where.append(run)
+            videos = sorted(gather(videos))
+            if rank == 0:
+                write_tables(rows, folder, [])
+                prefix = "eval/" if len(args.a2e) == 1 else f"eval/{Path(a2e_ckpt).parent.name}/"
+                if not args.no_mlflow and (run := log_to_mlflow(system, rows, folder, videos, prefix)):
+                    where.append(run)
             all_rows += rows
             if args.calibration and not calibrated:
-                all_rows += calibration_rows(clips, chosen, faces, identity, args)
+                all_rows += calibration_rows(clips, mine, chosen, faces, identity, args, device)
                 calibrated = True
+    if rank != 0:
+        return None
     missing = [m for m in METRICS if m not in chosen]
     if missing:
         # the default set leaves out only what lacks weights; an explicit --metrics leaves out the rest by choice
@@ -415,7 +461,8 @@ def evaluate(args: argparse.Namespace) -> str:
     notes.append(f"CSIM network: {'ArcFace ' + args.arcface_weights if identity else 'dlib 128-d face recognition ResNet'}")
     notes.append("Sync conf: not implemented (needs SyncNet's syncnet_v2.model, which is not available offline)")
     notes.append("cross-audio has no ground truth: LMD, LPIPS, SSIM and PSNR are reconstruction-only; CSIM is against the reference frame")
-    notes.append(f"split {'+'.join(args.split)} of {args.shards}, {device.type}; FD on a few hundred frames is a small-sample estimate")
+    notes.append(f"split {'+'.join(args.split)} of {args.shards}, {device.type} x {world} process{'es' if world > 1 else ''}; "
+                 f"renderer weights: {'the last ones' if args.no_ema else 'their moving average where kept'}; FD on a few hundred frames is a small-sample estimate")
     if args.fd_every > 1 or args.identity_every > 1:
         notes.append(f"FID/FD_effnet on one frame in {args.fd_every}, CSIM on one frame in {args.identity_every}")
     table = write_tables(all_rows, out, notes)
@@ -442,7 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=int, default=2, help="sample videos per setting")
     p.add_argument("--max-clips", type=int, help="evaluate at most this many clips")
     p.add_argument("--batch-size", type=int, default=16, help="frames per renderer call")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu (the metrics' networks run there too)")
+    p.add_argument("--devices", type=int, default=1, help="processes on this machine (GPUs with --device cuda): the clips are dealt among them")
+    p.add_argument("--num-nodes", type=int, default=1, help="machines, under torchrun or srun (one process per device each)")
+    p.add_argument("--no-ema", action="store_true", help="the renderer's last weights instead of their moving average (when it was trained with ema_decay)")
     p.add_argument("--out", default="evaluation", help="output folder (tables, videos)")
     p.add_argument("--baselines", nargs="*", choices=sorted(BASELINES), default=[],
                    help="reconstruction-setting rows for predictors that need no training: 'reference' (the reference frame's lower face) and 'blur' (the source blurred in the mask)")
@@ -456,7 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
-    print(evaluate(args))
+    if (table := evaluate(args)) is not None:
+        print(table)
 
 
 if __name__ == "__main__":

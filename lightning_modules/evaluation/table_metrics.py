@@ -49,6 +49,7 @@ class SettingMetrics:
     identity_every: int = 1
     fd_every: int = 1  # the Fréchet distances on every N-th frame: neighbouring frames add little, Inception is the costliest metric on CPU
     identity: IdentityEmbedder | None = None  # CSIM's network; None = dlib's (``faces``)
+    device: torch.device | str = "cpu"  # where the metrics' states and networks live (the frames' device)
     metrics: dict[str, object] = field(default_factory=dict)
     seconds: float = 0.0
     frames: int = 0
@@ -68,7 +69,7 @@ class SettingMetrics:
                 "lpips": lambda: PerceptualSimilarity(self.lpips_net, self.lpips_weights),
                 "fd_effnet": fd_effnet,
                 "fid": lambda: fid_inception(self.fid_weights),
-            }[name]()
+            }[name]().to(self.device)
 
     def update(
         self, fake: torch.Tensor, real: torch.Tensor, reference: torch.Tensor | None, mask: torch.Tensor | None, first_frame: int, seconds: float = 0.0
@@ -111,9 +112,14 @@ class SettingMetrics:
         if "lpips" in m:
             v = m["lpips"].compute()
             out |= {"LPIPS": float(v["lpips"]), "LPIPS mouth": float(v["lpips_mask"])}
+        seconds, frames = self.seconds, self.frames
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # the metrics reduce themselves in compute()
+            totals = torch.tensor([seconds, frames], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(totals)
+            seconds, frames = float(totals[0]), int(totals[1])
         for name, column in (("fd_effnet", "FD_effnet"), ("fid", "FID")):
-            if name in m:
-                out[column] = float(m[name].compute()) if self.frames >= 2 else None
-        out["ms/frame"] = 1000 * self.seconds / max(self.frames, 1)
-        out["frames"] = float(self.frames)
+            if name in m:  # every rank decides alike (the total), so every rank takes part in compute()'s reduction
+                out[column] = float(m[name].compute()) if frames >= 2 else None
+        out["ms/frame"] = 1000 * seconds / max(frames, 1)
+        out["frames"] = float(frames)
         return out

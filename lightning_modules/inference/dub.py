@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, help=f"per-video cache of face tracks (default {default_cache_dir()}, or $REALTALK_CACHE/avatars)")
     p.add_argument("--mlflow", action="store_true", help="log the mp4s to the MLflow run that trained the renderer (artifacts dub/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-ema", action="store_true", help="the renderer's last weights instead of their moving average (when it was trained with ema_decay)")
     return p
 
 
@@ -178,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give --video, --audio and --out, or --pairs")
     try:
         pairs = read_pairs(args.pairs) if args.pairs else [single]
-        a2e, renderer = load_pair(args.a2e, args.renderer)
+        a2e, renderer = load_pair(args.a2e, args.renderer, ema=not args.no_ema)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -128,13 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--renderer", required=True, help="renderer checkpoint (.ckpt or run folder)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--atol", type=float, default=1e-4, help="largest accepted |onnxruntime − PyTorch| (default 1e-4)")
+    p.add_argument("--no-ema", action="store_true", help="the renderer's last weights instead of their moving average (when it was trained with ema_decay)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        report = export(*load_pair(args.a2e, args.renderer), args.out, args.atol)
+        report = export(*load_pair(args.a2e, args.renderer, ema=not args.no_ema), args.out, args.atol)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

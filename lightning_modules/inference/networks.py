@@ -62,8 +62,8 @@ def read_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
         raise CheckpointError(f"{file} is not a readable checkpoint of this project ({str(e).splitlines()[0][:160]})") from None
 
 
-def build_network(ckpt: dict[str, Any], key: str, expected: type[nn.Module], file: Path) -> nn.Module:
-    """Instantiate ``hyper_parameters[key]`` (a class_path/init_args dict) and load its ``<key>.`` weights."""
+def build_network(ckpt: dict[str, Any], key: str, expected: type[nn.Module], file: Path, weights: str | None = None) -> nn.Module:
+    """Instantiate ``hyper_parameters[key]`` (a class_path/init_args dict) and load its ``<weights or key>.`` weights."""
     spec = ckpt.get("hyper_parameters", {}).get(key)
     if not isinstance(spec, dict) or "class_path" not in spec:
         raise CheckpointError(f"{file} does not describe its {key!r} network (it was not written by `python -m lightning_modules fit`)")
@@ -75,7 +75,7 @@ def build_network(ckpt: dict[str, Any], key: str, expected: type[nn.Module], fil
     if not issubclass(cls, expected):
         raise CheckpointError(f"{file}: its {key!r} is a {name}, not a {expected.__name__}; pass the other stage's checkpoint")
     net = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("init_args", {}).items()})
-    prefix = f"{key}."
+    prefix = f"{weights or key}."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     net.load_state_dict(state)
     return net.eval()
@@ -88,11 +88,17 @@ def _face_model(path: str | None, file: Path) -> FaceModel:
         raise CheckpointError(f"{file} was trained with face model {path}, which is not on this machine") from e
 
 
-def _load(path: str | Path, cls: type[nn.Module], needs: str, stage: str) -> tuple[Path, dict[str, Any], dict[str, Any], nn.Module, FaceModel]:
-    """(file, module hparams, data hparams, network, face model) of one stage's checkpoint."""
+EMA_WEIGHTS = "net_ema"
+"""State-dict prefix of the generator's weight average (``RendererModule(ema_decay=...)``)."""
+
+
+def _load(path: str | Path, cls: type[nn.Module], needs: str, stage: str, ema: bool = True) -> tuple[Path, dict[str, Any], dict[str, Any], nn.Module, FaceModel]:
+    """(file, module hparams, data hparams, network, face model) of one stage's checkpoint; with ``ema`` the
+    network's weight average where the checkpoint has one."""
     file, ckpt = read_checkpoint(path)
     hp, data = ckpt.get("hyper_parameters", {}), ckpt.get("datamodule_hyper_parameters") or {}
-    net = build_network(ckpt, "net", cls, file)
+    averaged = ema and any(k.startswith(EMA_WEIGHTS + ".") for k in ckpt["state_dict"])
+    net = build_network(ckpt, "net", cls, file, EMA_WEIGHTS if averaged else None)
     if needs not in data:
         raise CheckpointError(f"{file} does not record its {needs}; pass {stage} checkpoint written by `fit` with its data config")
     return file, hp, data, net, _face_model(hp.get("face_model"), file)
@@ -106,16 +112,17 @@ def load_a2e(path: str | Path) -> A2ENetwork:
                       str(data["audio_features"]), face_model, file)
 
 
-def load_renderer(path: str | Path) -> RendererNetwork:
-    file, hp, data, net, face_model = _load(path, FIARenderer, "image_size", "a renderer")
+def load_renderer(path: str | Path, ema: bool = True) -> RendererNetwork:
+    """The renderer of a checkpoint: its generator's weight average when it kept one, unless ``ema`` is false."""
+    file, hp, data, net, face_model = _load(path, FIARenderer, "image_size", "a renderer", ema)
     mask = {"kind": data.get("mask", "learnable"), "dilation": data.get("mask_dilation", 0.03),
             "feather": data.get("mask_feather", 0.01), "neck": data.get("mask_neck", True)}
     return RendererNetwork(net, int(data["image_size"]), mask, face_model, file)
 
 
-def load_pair(a2e_path: str | Path, renderer_path: str | Path) -> tuple[A2ENetwork, RendererNetwork]:
-    """Both networks, checked to share one face model (same name, version and widths)."""
-    a2e, renderer = load_a2e(a2e_path), load_renderer(renderer_path)
+def load_pair(a2e_path: str | Path, renderer_path: str | Path, ema: bool = True) -> tuple[A2ENetwork, RendererNetwork]:
+    """Both networks, checked to share one face model (same name, version and widths); ``ema`` as in :func:`load_renderer`."""
+    a2e, renderer = load_a2e(a2e_path), load_renderer(renderer_path, ema)
     fa, fr = a2e.face_model, renderer.face_model
     if (fa.full_name, fa.shape_dim, fa.exp_dim) != (fr.full_name, fr.shape_dim, fr.exp_dim):
         raise CheckpointError(

@@ -106,13 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="most frames per renderer call")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--cache-dir", type=Path, help="per-video cache of face tracks")
+    p.add_argument("--no-ema", action="store_true", help="the renderer's last weights instead of their moving average (when it was trained with ema_decay)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        a2e, renderer = load_pair(args.a2e, args.renderer)
+        a2e, renderer = load_pair(args.a2e, args.renderer, ema=not args.no_ema)
         voice = load_voice(args.audio)
         avatar = prepare_avatar(args.avatar, a2e.face_model, int(args.avatar_seconds * VIDEO_FPS), args.cache_dir)
         rows = lambda ms: 2 * max(1, round(ms / 40))  # noqa: E731  (50 Hz rows, whole frames)
