@@ -219,10 +219,13 @@ class RealTalkCLI(LightningCLI):
                 "start a tracking server (make mlflow-server, or mlflow server --host 0.0.0.0 ...) and set MLFLOW_TRACKING_URI=http://HOST:5000"
             )
 
+    def _run_prefix(self) -> str:
+        return type(self.model).__name__.removesuffix("Module").lower() or "run"
+
     def _job_run_name(self) -> str | None:
         """``<model>-job<id>`` for a SLURM or torchrun job (the same in every process and every restart of it), else None."""
         job = job_id()
-        return f"{type(self.model).__name__.removesuffix('Module').lower() or 'run'}-job{job}" if job else None
+        return f"{self._run_prefix()}-job{job}" if job else None
 
     def _gan_ddp(self) -> None:
         """A manually optimised GAN under plain DDP needs ``find_unused_parameters``.
@@ -244,7 +247,7 @@ class RealTalkCLI(LightningCLI):
         """``<model>-<time>``, shared by every process of a DDP job Lightning launches (they inherit it through the environment)."""
         if name := os.environ.get(RUN_NAME_ENV):
             return name
-        name = f"{type(self.model).__name__.removesuffix('Module').lower() or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = f"{self._run_prefix()}-{time.strftime('%Y%m%d-%H%M%S')}"
         if rank_zero_only.rank == 0:
             os.environ[RUN_NAME_ENV] = name
         return name

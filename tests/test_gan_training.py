@@ -187,3 +187,19 @@ def test_one_all_reduce_per_network_and_the_weights_of_one_process(batches, tmp_
     for key in one_w:
         assert torch.allclose(new_w[key], one_w[key], atol=1e-5), key
         assert torch.allclose(old_w[key], new_w[key], atol=1e-5), key
+
+
+def test_inference_loads_the_weight_average_unless_told_not_to(tmp_path):
+    from lightning_modules.evaluation.evaluate import build_parser as evaluate_parser
+    from lightning_modules.inference import dub, export, stream
+    from lightning_modules.inference.networks import load_renderer
+    from tests.tiny_checkpoints import tiny_renderer
+
+    path = tiny_renderer(tmp_path / "r.ckpt", ema=True)
+    state = torch.load(path, weights_only=True)["state_dict"]
+    weight = "encoder.stem.weight"
+    assert torch.equal(load_renderer(path).net.state_dict()[weight], state[f"net_ema.{weight}"])
+    assert torch.equal(load_renderer(path, ema=False).net.state_dict()[weight], state[f"net.{weight}"])
+    assert not torch.equal(state[f"net_ema.{weight}"], state[f"net.{weight}"])
+    for parser in (dub.build_parser(), stream.build_parser(), export.build_parser(), evaluate_parser()):
+        assert any("--no-ema" in a.option_strings for a in parser._actions)
