@@ -5,9 +5,9 @@ Lightning saves every ``every_n_train_steps``; a run that ends between two saves
 ``last.ckpt``, and ``--ckpt_path last`` would then train and log them a second time.
 
 It also turns a cluster's stop signals into such an end. SIGUSR1 (SLURM's warning before the time
-limit, ``#SBATCH --signal=USR1@120``) and SIGTERM (preemption, ``scancel``) only set a flag; at the end
-of the next training step every rank learns of it (one all-reduce of one number, so all ranks stop
-at the same step), training stops there, that step is saved into the run's own folder, and after a
+limit, ``#SBATCH --signal=USR1@120``) and SIGTERM (preemption, ``scancel``) only set a flag; every
+``signal_check_every`` iterations the ranks learn of it (one all-reduce of one number and one host sync,
+so all ranks stop at the same step; a single process looks every iteration, at no cost), training stops there, that step is saved into the run's own folder, and after a
 SIGUSR1 rank 0 requeues the SLURM job with ``scontrol requeue``. The requeued job keeps its
 ``SLURM_JOB_ID``, hence its run name, and the CLI resumes that run from this checkpoint.
 Lightning's own SLURM handler (``hpc_ckpt_N.ckpt`` in the working directory, saved from inside the
@@ -36,12 +36,13 @@ class FinalStepCheckpoint(ModelCheckpoint):
 
     Args:
         requeue: after a SIGUSR1, requeue the SLURM job (``scontrol requeue $SLURM_JOB_ID``) once the step is saved.
+        signal_check_every: iterations between the ranks' checks for a stop signal (each waits for the device once).
         *args, **kwargs: ModelCheckpoint's.
     """
 
-    def __init__(self, *args, requeue: bool = True, **kwargs) -> None:
+    def __init__(self, *args, requeue: bool = True, signal_check_every: int = 10, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.requeue = requeue
+        self.requeue, self.signal_check_every = requeue, max(1, signal_check_every)
         self._signal: int = 0  # the stop signal received, 0 for none
         self._stopped_by: int = 0  # the one all ranks agreed on
 
@@ -54,8 +55,12 @@ class FinalStepCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        flag = torch.tensor(float(self._signal), device=pl_module.device)
-        stop = int(trainer.strategy.reduce(flag, reduce_op="max")) if trainer.world_size > 1 else int(flag)
+        if trainer.world_size == 1:
+            stop = self._signal
+        elif trainer.global_step % self.signal_check_every == 0:  # the same steps on every rank: they stay in step
+            stop = int(trainer.strategy.reduce(torch.tensor(float(self._signal), device=pl_module.device), reduce_op="max"))
+        else:
+            return
         if stop and not self._stopped_by:
             self._stopped_by = stop
             trainer.should_stop = True
