@@ -15,7 +15,7 @@ import sys
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, Optional
 
 import lightning as L
 import torch
@@ -28,7 +28,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from datamodules.shard_datamodule import ShardDataModule
 from lightning_modules.ddp_networks import NetworkDDPStrategy
-from lightning_modules.tracking.checkpoints import latest_checkpoint, run_folders, run_of_checkpoint
+from lightning_modules.tracking.checkpoints import latest_checkpoint, load_initial_weights, run_folders, run_of_checkpoint
 from lightning_modules.tracking.final_checkpoint import FinalStepCheckpoint
 from lightning_modules.tracking.run_logger import RUN_NAME_ENV, find_run_logger, sqlite_file
 from lightning_modules.tracking.run_record import TrackingCallback
@@ -117,6 +117,9 @@ class RealTalkCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - LightningArgumentParser
         parser.add_lightning_class_args(FinalStepCheckpoint, "checkpoint")
+        parser.add_argument("--init_from", type=Optional[str], default=None,
+                            help="fit only: start from this checkpoint's weights (same model and face model), with a new optimizer, "
+                                 "step 0 and a new MLflow run tagged with its parent; --ckpt_path resumes a run instead")
         parser.add_argument("--float32_matmul_precision", type=Literal["highest", "high", "medium"], default="highest",
                             help="torch.set_float32_matmul_precision: high = TF32 matrix products on Ampere and newer GPUs (the GPU presets)")
         parser.set_defaults({"trainer.logger": DEFAULT_LOGGER})
@@ -146,6 +149,7 @@ class RealTalkCLI(LightningCLI):
 
     # -- run and checkpoint bookkeeping, before each subcommand -----------------------------------
     def before_fit(self) -> None:
+        self._init_weights()
         self._prepare_run()
         self._gan_ddp()
 
@@ -166,6 +170,8 @@ class RealTalkCLI(LightningCLI):
         ``last.ckpt`` is that job requeued or restarted: it resumes its run without ``--ckpt_path``. Every rank
         derives the same name and checkpoint from the same inputs.
         """
+        if self.subcommand != "fit" and self.config_init[self.subcommand].get("init_from"):
+            raise ResumeError(f"--init_from is for fit; {self.subcommand} takes a checkpoint with --ckpt_path")
         if isinstance(self.datamodule, ShardDataModule):  # before any MLflow run exists: a user error leaves no empty run behind
             self.datamodule.check_inputs(self.subcommand, self.trainer.world_size)
         logger = find_run_logger(self.trainer)
@@ -210,6 +216,18 @@ class RealTalkCLI(LightningCLI):
                     f"run {logger.run_name!r} already has checkpoints in {ckpt_cb.dirpath}: "
                     "resume it with --ckpt_path last, or choose another trainer.logger.init_args.run_name"
                 )
+
+    def _init_weights(self) -> None:
+        """``--init_from``: the checkpoint's weights, nothing else of it; its run and file become the new run's parent tags."""
+        config = self.config_init[self.subcommand]
+        if not (path := config.get("init_from")):
+            return
+        if config.get("ckpt_path"):
+            raise ResumeError("--init_from starts a new run from a checkpoint's weights, --ckpt_path resumes a run: give one of them")
+        tags = load_initial_weights(self.model, path)
+        if (logger := find_run_logger(self.trainer)) is not None:
+            logger.tags = {**(logger.tags or {}), **tags}
+        rank_zero_info(f"weights from {path} (run {tags.get('parent/run_name', 'unknown')}); new optimizer, step 0, new run")
 
     def _check_tracking_store(self, uri: str) -> None:
         """Refuse a sqlite file for a job on several machines: their processes would share one database file over a network filesystem."""

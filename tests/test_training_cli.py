@@ -222,3 +222,31 @@ def test_runs_are_tracked_by_default_resume_by_name_and_compare(shards, tmp_path
     error = user_error(tmp_path, "fit", *tiny_args(shards), "--ckpt_path", "last")
     assert "which run?" in error and first in error and "second" in error
     assert len(mlflow_runs(tmp_path)[1]) == 2
+
+
+def test_init_from_starts_a_new_run_from_a_checkpoints_weights(shards, frame_shards, tmp_path):
+    """Weights only: step 0, a fresh optimizer, a new MLflow run tagged with its parent; another architecture or
+    another stage's checkpoint is one line, exit 2."""
+    run_cli(tmp_path, "fit", *tiny_args(shards, base=MINIMAL), "--trainer.max_steps", "10", "--trainer.logger.init_args.run_name", "parent")
+    parent = tmp_path / "checkpoints" / "realtalk" / "parent" / "last.ckpt"
+    run_cli(tmp_path, "fit", *tiny_args(shards, base=MINIMAL), "--init_from", str(parent), "--trainer.max_steps", "3",
+            "--trainer.logger.init_args.run_name", "child", "--model.init_args.optimizer.init_args.lr", "0")
+    child = torch.load(tmp_path / "checkpoints" / "realtalk" / "child" / "last.ckpt", map_location="cpu", weights_only=False)
+    before = torch.load(parent, map_location="cpu", weights_only=False)
+    assert child["global_step"] == 3 and before["global_step"] == 10  # a new count
+    assert all(torch.equal(child["state_dict"][k], v) for k, v in before["state_dict"].items())  # lr 0: the parent's weights, untouched
+    assert {int(s["step"]) for s in child["optimizer_states"][0]["state"].values()} == {3}  # a new optimizer
+    client, runs = mlflow_runs(tmp_path)
+    by_name = {r.info.run_name: r for r in runs}
+    assert sorted(by_name) == ["child", "parent"]
+    tags = by_name["child"].data.tags
+    assert tags["parent/run_id"] == by_name["parent"].info.run_id and tags["parent/checkpoint"] == str(parent.resolve())
+    wider = user_error(tmp_path, "fit", *tiny_args(shards), "--init_from", str(parent), "--model.init_args.net.init_args.d_model", "16")
+    assert "another architecture than this config's model" in wider
+    renderer = user_error(tmp_path, "fit", *tiny_args(frame_shards, base=RENDERER_BASE), "--init_from", str(parent))
+    assert "a A2EModule checkpoint, and this config trains a RendererModule" in renderer
+    from tests.tiny_checkpoints import other_face_model
+
+    other = other_face_model(tmp_path / "other.npz")
+    refit = user_error(tmp_path, "fit", *tiny_args(shards), "--data.init_args.face_model", str(other), "--init_from", str(parent))
+    assert "trained with face model mp468-linear@1, this config uses mp468-linear@1-other" in refit

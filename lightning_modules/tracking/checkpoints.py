@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import lightning as L
 import torch
 
+from preprocess.errors import ConfigError
+
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=L.LightningModule)
 
@@ -109,3 +111,54 @@ def load_datamodule(cls: type[D], path: str | Path, **overrides: Any) -> D:
     if dropped:
         log.info("%s: data options %s are not options of %s any more; left out", path, ", ".join(dropped), cls.__name__)
     return cls(**{k: v for k, v in saved.items() if k in accepted} | overrides)
+
+
+class InitError(ConfigError, ValueError):
+    """``--init_from`` names a checkpoint whose weights this model cannot take."""
+
+
+def _face_model_name(path: str | None, what: str) -> str:
+    from preprocess.face_model import FaceModel
+
+    try:
+        return FaceModel(path).full_name
+    except FileNotFoundError as e:
+        raise InitError(f"--init_from: {what} was trained with face model {path}, which is not on this machine") from e
+
+
+def load_initial_weights(module: L.LightningModule, path: str | Path) -> dict[str, str]:
+    """Load only the weights of checkpoint ``path`` into ``module``; the tags naming it and its run.
+
+    Optimizer, step count, loader state and run stay new. The checkpoint must be of the same
+    architecture (the same parameter names and shapes) and face model; a generator weight average
+    the checkpoint lacks starts from its generator, one the module does not keep is left out.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InitError(f"--init_from {path}: no such checkpoint file")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    theirs, ours = ckpt.get("hyper_parameters", {}), module.hparams
+    cls = theirs.get("_class_path")
+    if cls and cls.rsplit(".", 1)[-1] != type(module).__name__:
+        raise InitError(f"--init_from {path}: a {cls.rsplit('.', 1)[-1]} checkpoint, and this config trains a {type(module).__name__}")
+    if "face_model" in theirs or "face_model" in ours:
+        name_theirs, name_ours = _face_model_name(theirs.get("face_model"), str(path)), _face_model_name(ours.get("face_model"), "this config")
+        if name_theirs != name_ours:
+            raise InitError(f"--init_from {path}: trained with face model {name_theirs}, this config uses {name_ours}: "
+                            "its expression coefficients mean something else; fine-tune on shards of the same face model")
+    state = {k: v for k, v in ckpt["state_dict"].items() if k != "generator_steps"}  # a counter of older checkpoints, not a weight
+    own = module.state_dict()
+    for key in own:
+        if key.startswith("net_ema.") and key not in state and (live := "net." + key.removeprefix("net_ema.")) in state:
+            state[key] = state[live]
+    state = {k: v for k, v in state.items() if k in own or not k.startswith("net_ema.")}
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    reshaped = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or reshaped:
+        first = (f"{reshaped[0]} is {tuple(state[reshaped[0]].shape)} there, {tuple(own[reshaped[0]].shape)} here" if reshaped
+                 else f"{(missing or unexpected)[0]} is {'missing' if missing else 'not in this model'}")
+        raise InitError(f"--init_from {path}: another architecture than this config's model ({first}; "
+                        f"{len(missing)} missing, {len(unexpected)} extra, {len(reshaped)} other shapes): give the model options it was trained with")
+    module.load_state_dict(state)
+    run = ckpt.get(CHECKPOINT_KEY) or {}
+    return {"parent/checkpoint": str(path.resolve()), **{f"parent/{k}": str(run[k]) for k in ("run_id", "run_name", "experiment") if run.get(k)}}
