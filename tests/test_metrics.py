@@ -25,6 +25,7 @@ from metrics.identity_similarity import IdentitySimilarity
 from metrics.image_quality import ImageQuality
 from metrics.landmark_distance import LandmarkDistance
 from metrics.perceptual_similarity import PerceptualSimilarity, load_lpips_backbone
+from metrics.sharpness import Sharpness
 from preprocess.media import iter_frames
 from tests.conftest import SAMPLE_CLIPS
 
@@ -229,6 +230,24 @@ def test_fid_loads_inception_weights_from_a_path(tmp_path, crops) -> None:
     assert torch.isfinite(m.compute())
 
 
+def test_sharpness_is_one_for_the_source_and_falls_with_blur(crops) -> None:
+    from kornia.filters import gaussian_blur2d
+
+    frames = as_tensor(np.concatenate([c[:2] for c in crops.values()]))
+    region = torch.zeros(len(frames), 1, 256, 256)
+    region[..., 150:230, 70:190] = 1  # the lower face
+    same, blurred, upscaled = Sharpness(), Sharpness(), Sharpness()
+    same.update(frames, frames, region)
+    blurred.update(gaussian_blur2d(frames, (9, 9), (2.0, 2.0)), frames, region)
+    small = torch.nn.functional.interpolate(frames, size=(112, 112), mode="bilinear", antialias=True)
+    upscaled.update(torch.nn.functional.interpolate(small, size=(256, 256), mode="bilinear"), frames, region)  # a 112 px crop pasted at 256
+    assert float(same.compute()) == pytest.approx(1.0)
+    assert float(blurred.compute()) < 0.2 and 0.1 < float(upscaled.compute()) < 0.8
+    outside = Sharpness()
+    outside.update(gaussian_blur2d(frames, (9, 9), (2.0, 2.0)) * (1 - region) + frames * region, frames, region)
+    assert float(outside.compute()) == pytest.approx(1.0, abs=0.05)  # only the region counts (its border sees a little of the blur)
+
+
 def test_missing_weights_stop_with_the_file_named(tmp_path) -> None:
     missing = str(tmp_path / "nothing.pth")
     for build in (lambda: fid_inception(missing), lambda: PerceptualSimilarity(weights=missing), lambda: DlibFaces(shape_predictor=missing)):
@@ -241,7 +260,7 @@ def _metric_set(faces: DlibFaces) -> dict[str, object]:
     torch.manual_seed(0)  # the random LPIPS backbone must be the same in every process
     return {
         "lmd": LandmarkDistance(faces), "csim": IdentitySimilarity(faces), "quality": ImageQuality(),
-        "lpips": PerceptualSimilarity(pretrained=False), "fd": fd_effnet(),
+        "lpips": PerceptualSimilarity(pretrained=False), "fd": fd_effnet(), "sharpness": Sharpness(),
     }
 
 
@@ -254,6 +273,7 @@ def _update_and_compute(metrics: dict, pred: torch.Tensor, target: torch.Tensor,
         metrics["lpips"].update(p, t, k)
         metrics["fd"].update(t, real=True)
         metrics["fd"].update(p, real=False)
+        metrics["sharpness"].update(p, t, k)
     out = {}
     for name, m in metrics.items():
         value = m.compute()

@@ -281,7 +281,7 @@ def write_tables(rows: list[dict[str, Any]], out: Path, notes: list[str]) -> str
         for r in rows:
             counts = (r.get(k) for k in ("frames", "frames without a face", "CSIM frames skipped"))
             w.writerow([r["system"], r["setting"], *(r.get(c) for c in COLUMNS), *counts, *(r["params"].get(k) for k in ("use_shape", "use_history", "mask", "blocks"))])
-    arrows = {c: f"{c} {'↓' if c in LOWER_IS_BETTER else '↑'}" if c != "Sync conf" else c for c in COLUMNS}
+    arrows = {c: f"{c} {'↓' if c in LOWER_IS_BETTER else '↑'}" if c != "Sync conf" else c for c in COLUMNS} | {"Sharpness": "Sharpness →1"}
     lines = [
         "| " + " | ".join(["system", "setting", *(arrows[c] for c in COLUMNS), "no-face frames", "switches"]) + " |",
         "|" + "---|" * len(header),
@@ -460,6 +460,8 @@ def evaluate(args: argparse.Namespace) -> str | None:
         notes.append("FID: TF Inception 2015-12-05 pool features (the reference FID network), frames resized to 299 px with TF1 bilinear")
     notes.append(f"CSIM network: {'ArcFace ' + args.arcface_weights if identity else 'dlib 128-d face recognition ResNet'}")
     notes.append("Sync conf: not implemented (needs SyncNet's syncnet_v2.model, which is not available offline)")
+    if "sharpness" in chosen:
+        notes.append("Sharpness: Laplacian energy of the pasted region over the same region of the source frame (1 = as sharp; below 1 = softer)")
     notes.append("cross-audio has no ground truth: LMD, LPIPS, SSIM and PSNR are reconstruction-only; CSIM is against the reference frame")
     notes.append(f"split {'+'.join(args.split)} of {args.shards}, {device.type} x {world} process{'es' if world > 1 else ''}; "
                  f"renderer weights: {'the last ones' if args.no_ema else 'their moving average where kept'}; FD on a few hundred frames is a small-sample estimate")

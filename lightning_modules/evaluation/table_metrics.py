@@ -12,16 +12,18 @@ from metrics.identity_similarity import IdentityEmbedder, IdentitySimilarity
 from metrics.image_quality import ImageQuality
 from metrics.landmark_distance import LandmarkDistance
 from metrics.perceptual_similarity import LPIPS_NETS, PerceptualSimilarity
+from metrics.sharpness import Sharpness
 from preprocess.weights import weights_available
 
-METRICS = ("lmd", "csim", "quality", "fd_effnet", "lpips", "fid")
-COLUMNS = ("LMD", "M-LMD", "F-LMD", "FID", "FD_effnet", "LPIPS", "LPIPS mouth", "SSIM", "SSIM mouth", "PSNR", "PSNR mouth", "CSIM", "Sync conf", "ms/frame")
+METRICS = ("lmd", "csim", "quality", "sharpness", "fd_effnet", "lpips", "fid")
+COLUMNS = ("LMD", "M-LMD", "F-LMD", "FID", "FD_effnet", "LPIPS", "LPIPS mouth", "SSIM", "SSIM mouth", "PSNR", "PSNR mouth", "Sharpness", "CSIM", "Sync conf",
+           "ms/frame")
 LOWER_IS_BETTER = {"LMD", "M-LMD", "F-LMD", "FID", "FD_effnet", "LPIPS", "LPIPS mouth", "ms/frame"}
 
 
 def default_metrics(lpips_weights: str | None, fid_weights: str | None, lpips_net: str = "alex") -> list[str]:
     """Every metric whose weights are here: the pip-shipped ones, plus LPIPS / FID once ``make weights`` has run (or their files are given)."""
-    chosen = ["lmd", "csim", "quality", "fd_effnet"]
+    chosen = ["lmd", "csim", "quality", "sharpness", "fd_effnet"]
     if lpips_weights or weights_available(LPIPS_NETS[lpips_net]):
         chosen.append("lpips")
     if fid_weights or weights_available("fid-inception"):
@@ -66,6 +68,7 @@ class SettingMetrics:
                 "lmd": lambda: LandmarkDistance(self.faces),
                 "csim": lambda: IdentitySimilarity(self.identity or self.faces),
                 "quality": ImageQuality,
+                "sharpness": Sharpness,  # the redrawn region against the same region of the source: both settings have one
                 "lpips": lambda: PerceptualSimilarity(self.lpips_net, self.lpips_weights),
                 "fd_effnet": fd_effnet,
                 "fid": lambda: fid_inception(self.fid_weights),
@@ -88,6 +91,8 @@ class SettingMetrics:
                 m["csim"].update(fake[keep], real[keep] if self.reconstruction else reference)
         if "quality" in m:
             m["quality"].update(fake, real, mask)
+        if "sharpness" in m and mask is not None:
+            m["sharpness"].update(fake, real, mask)
         if "lpips" in m:
             m["lpips"].update(fake, real, mask)
         keep = every_nth(len(fake), first_frame, self.fd_every)
@@ -109,6 +114,8 @@ class SettingMetrics:
         if "quality" in m:
             v = m["quality"].compute()
             out |= {"SSIM": float(v["ssim"]), "SSIM mouth": float(v["ssim_mask"]), "PSNR": float(v["psnr"]), "PSNR mouth": float(v["psnr_mask"])}
+        if "sharpness" in m:
+            out["Sharpness"] = float(m["sharpness"].compute())
         if "lpips" in m:
             v = m["lpips"].compute()
             out |= {"LPIPS": float(v["lpips"]), "LPIPS mouth": float(v["lpips_mask"])}
