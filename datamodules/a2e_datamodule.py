@@ -33,6 +33,8 @@ class A2EDataModule(ShardDataModule):
         audio_dim: width of those features; linked to the model's audio embedding.
         face_model: face model ``.npz`` the shards were fitted with (None = the shipped default);
             linked to the model's vertex loss and checked against meta.json.
+        exclude: a file of sample keys (one per line) training leaves out, e.g. the clips whose lips do not
+            follow their audio (``python -m preprocess.shard_report --sync --out FILE``); validation keeps them.
         batch_size: windows per batch and rank.
         eval_batch_size: windows per validation/test batch (None = batch_size).
         eval_clips: validation/test use this many clips of the split, a fixed subset drawn with the seed (None = all).
@@ -56,6 +58,7 @@ class A2EDataModule(ShardDataModule):
         audio_features: str = "whisper-tiny",
         audio_dim: int = 384,
         face_model: str | None = None,
+        exclude: str | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         eval_clips: int | None = None,

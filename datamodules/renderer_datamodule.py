@@ -34,6 +34,7 @@ class RendererDataModule(ShardDataModule):
             when it differs (the cameras are rescaled to match).
         face_model: face model ``.npz`` the shards were fitted with (None = the shipped default);
             linked to the model and checked against meta.json.
+        exclude: a file of sample keys (one per line) training leaves out (``shard_report --sync``); validation keeps them.
         mask: ``learnable`` (projected lower face and neck) or ``naive`` (lower half), Table 6.
         mask_dilation: growth of the mask, fraction of the image side.
         mask_feather: soft-edge width (Gaussian sigma), fraction of the image side.
@@ -64,6 +65,7 @@ class RendererDataModule(ShardDataModule):
         shards: str = "sharded_data/demo",
         image_size: int = 256,
         face_model: str | None = None,
+        exclude: str | None = None,
         mask: MaskKind = "learnable",
         mask_dilation: float = 0.03,
         mask_feather: float = 0.01,

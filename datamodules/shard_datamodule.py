@@ -3,7 +3,7 @@ pipeline, the evaluation loaders over ``python -m preprocess shard`` folders, an
 lets a resumed run continue its epoch.
 
 A stage subclasses :class:`ShardDataModule`, saves its hyperparameters (which must include the
-common ones: shards, face_model, batch_size, eval_batch_size, eval_clips, num_workers, pin_memory,
+common ones: shards, face_model, exclude, batch_size, eval_batch_size, eval_clips, num_workers, pin_memory,
 persistent_workers, prefetch_factor, clip_shuffle, train_batches_per_epoch, seed) and turns decoded
 clips into items (A2E windows, renderer frames).
 """
@@ -15,6 +15,7 @@ import os
 import random
 from collections.abc import Iterator
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -35,6 +36,7 @@ from datamodules.shard_stream import (
     split_shards,
     warn_and_skip,
 )
+from preprocess.errors import ConfigError
 from preprocess.face_model import FaceModel
 from preprocess.schema import check_compatible, decode_sample
 
@@ -81,6 +83,20 @@ class ShardDataModule(L.LightningDataModule):
         """Stop on shards made for another configuration (a config error, not a damaged sample)."""
         check_compatible(sample["meta"], self.face_model_name, self.audio_features, frames=self.reads_frames, folder=str(self.hparams.shards))
 
+    @cached_property
+    def excluded(self) -> frozenset[str]:
+        """Keys of ``exclude`` (a file of one sample key per line, e.g. ``shard_report --sync``'s ``.exclude.txt``)."""
+        if not self.hparams.exclude:
+            return frozenset()
+        path = Path(self.hparams.exclude)
+        if not path.is_file():
+            raise ConfigError(f"data.init_args.exclude {path}: no such file (python -m preprocess.shard_report --sync --out FILE writes one)")
+        return frozenset(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+    def decode_for_training(self, raw: dict[str, Any]) -> dict[str, Any] | None:
+        """:meth:`decode`, or None for a clip the ``exclude`` list leaves out of training."""
+        return None if raw.get("__key__") in self.excluded else self.decode(raw)
+
     def decode(self, raw: dict[str, Any], frames: bool = False) -> dict[str, Any] | None:
         """The decoded sample (its frames too with ``frames``; items decode only the ones they use), or None
         for one whose members do not decode (skipped with a warning)."""
@@ -111,6 +127,8 @@ class ShardDataModule(L.LightningDataModule):
         """
         needed = self.splits_for(stage)
         urls = {split: split_shards(self.hparams.shards, split) for split in needed}
+        if "train" in needed and self.excluded:
+            log.info("training leaves out the %d clips listed in %s", len(self.excluded), self.hparams.exclude)
         first = next(iter(wds.tarfile_to_samples(handler=warn_and_skip)(iter([{"url": urls[needed[0]][0]}]))), None)
         if first is not None:
             self.decode(first)
@@ -147,7 +165,7 @@ class ShardDataModule(L.LightningDataModule):
             batches_per_worker=-(-self.batches_per_epoch() // workers),  # every worker the same count: ranks stay in step
             resume=self._resume_states(self._world * workers),
         )
-        stream = TrainStream(config, self.train_items, self.decode, default_collate)
+        stream = TrainStream(config, self.train_items, self.decode_for_training, default_collate)
         epoch_fn = (lambda: self.trainer.current_epoch) if self.trainer is not None else (lambda: 0)
         return TrainLoader(stream, epoch_fn, **self.loader_options())
 

@@ -67,3 +67,65 @@ def test_lips_follow_audio_is_high_for_lips_driven_by_loudness_and_low_for_shuff
     assert lips_follow_audio(audio, opening, valid) > 0.9
     assert abs(lips_follow_audio(audio, rng.permutation(opening), valid)) < 0.2
     assert np.isnan(lips_follow_audio(audio, opening, np.zeros(200, bool)))  # no seen frame: not a number, not a guess
+
+
+def _synced_shards(root, lags: dict[str, int | None]):
+    """One A2E shard set whose clips' inner lips open with their loudness ``lag`` frames before the sound (None: no tie)."""
+    from preprocess.media import SAMPLES_PER_FRAME
+    from preprocess.shard_report import INNER_LIPS
+    from tests.synthetic_shards import write_synthetic_shards
+
+    write_synthetic_shards(root, {"train": len(lags), "val": 1}, frames=120, maxcount=10)
+    import io
+    import json
+    import tarfile
+
+    rng = np.random.default_rng(0)
+    level = np.convolve(rng.uniform(0.2, 2.2, 124), np.ones(3) / 3, "valid")[:120]  # syllables: a new level every frame or two
+    path = root / "train-000-000000.tar"
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    out = []
+    for m, data in members:
+        key, _, ext = m.name.partition(".")
+        lag = lags.get(key, "absent")
+        if ext == "coeffs.npz" and lag != "absent":
+            with np.load(io.BytesIO(data)) as z:
+                c = {k: z[k] for k in z.files}
+            opening = np.roll(level, -lag) if lag is not None else rng.uniform(0.2, 2.2, 120)
+            for a, b in INNER_LIPS:
+                c["lmk"][:, a] = [100.0, 150.0]
+                c["lmk"][:, b] = np.stack([np.full(120, 100.0), 150.0 + 5 * opening], -1)
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **c)
+            data = buf.getvalue()
+        if ext == "audio.wav" and lag != "absent":
+            from preprocess.media import wav_bytes
+
+            noise = rng.normal(0, 1, 120 * SAMPLES_PER_FRAME)
+            data = wav_bytes((0.05 * np.repeat(level, SAMPLES_PER_FRAME) * noise).astype(np.float32))
+        m.size = len(data)
+        out.append((m, data))
+    with tarfile.open(path, "w") as tar:
+        for m, data in out:
+            tar.addfile(m, io.BytesIO(data))
+    return json.loads((root / "manifest.json").read_text())
+
+
+def test_sync_report_finds_the_shift_and_the_keep_list_leaves_clips_out_of_training(tmp_path):
+    from datamodules.a2e_datamodule import A2EDataModule
+    from preprocess.shard_report import sync_rows, write_sync
+    from tests.synthetic_shards import AUDIO_NAME
+
+    _synced_shards(tmp_path, {"syn_train_0": 0, "syn_train_1": 3, "syn_train_2": None})
+    rows = {r["key"]: r for r in sync_rows(tmp_path, min_sync=0.5, max_offset=6) if r["split"] == "train"}
+    assert rows["syn_train_0"]["r"] > 0.9 and rows["syn_train_0"]["best offset"] == 0 and rows["syn_train_0"]["keep"]
+    # lips 3 frames ahead of the sound: shifting the sound 3 frames earlier restores the tie
+    assert rows["syn_train_1"]["r"] < 0.5 and rows["syn_train_1"]["best offset"] == 3 and rows["syn_train_1"]["r at best offset"] > 0.9
+    assert abs(rows["syn_train_2"]["r"]) < 0.3 and not rows["syn_train_2"]["keep"]
+    exclude = write_sync(list(rows.values()), tmp_path / "sync.tsv")
+    assert exclude.read_text().split() == ["syn_train_1", "syn_train_2"]
+    dm = A2EDataModule(str(tmp_path), window=8, num_history=4, audio_features=AUDIO_NAME, audio_dim=16, batch_size=4, num_workers=0,
+                       clip_shuffle=3, train_batches_per_epoch=10, exclude=str(exclude))
+    dm.setup("fit")
+    assert {k for b in dm.train_dataloader() for k in b["key"]} == {"syn_train_0"}
