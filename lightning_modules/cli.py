@@ -1,6 +1,7 @@
 """The training CLI: ``python -m lightning_modules {fit,validate,test,predict} --config ...``.
 
-Also ``python -m lightning_modules evaluate ...`` (Table 2) and ``python -m lightning_modules runs compare ...``.
+Also ``python -m lightning_modules evaluate ...`` (Table 2), ``... adapt ...`` (a renderer fine-tuned on one person's
+video), ``... dub|stream|export ...`` and ``python -m lightning_modules runs compare ...``.
 
 Model and data are chosen by ``class_path``, so one entry point serves every stage. Configs
 compose with repeated ``--config`` (the last wins); values the data and the model share are
@@ -289,6 +290,10 @@ def main(args: list[str] | None = None) -> None:
         import importlib
 
         sys.exit(importlib.import_module(f"lightning_modules.inference.{argv[0]}").main(argv[1:]))
+    if argv and argv[0] == "adapt":
+        from lightning_modules.renderer.adapt import main as adapt_main
+
+        sys.exit(adapt_main(argv[1:]))
     if argv and argv[0] == "runs":
         from lightning_modules.tracking.compare import main as runs_main
 

@@ -11,7 +11,8 @@
   list of video extensions): one it cannot open becomes a line of ``failures.jsonl``.
 
 Speakers not assigned by the dataset are split by a hash of their name, so every rank and
-every rerun agrees on the split without coordination.
+every rerun agrees on the split without coordination. A one-speaker dataset (``split.by: video``)
+is split the same way by a hash of each video's name (e.g. GRID's sentence names).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from preprocess.errors import ConfigError
+from preprocess.errors import ClipError, ConfigError
 from preprocess.schema import make_key
 
 VIDEO_EXTS = (".mp4", ".mpg", ".mpeg", ".mov", ".mkv", ".webm", ".avi")
@@ -32,6 +33,8 @@ NOT_MEDIA_EXTS = frozenset(
     ".txt .tsv .csv .json .jsonl .md .rst .yaml .yml .toml .ini .py .sh .html .pdf .npz .npy .pkl .pt .ckpt .safetensors .log "
     ".zip .tar .gz .tgz .bz2 .xz .7z .png .jpg .jpeg .gif .bmp .webp .srt .vtt .ass .lab .textgrid .sha256 .md5".split()
 )
+# checksum lists and licence files that corpora ship without an extension
+NOT_MEDIA_NAMES = frozenset("SHA256SUMS SHA1SUMS MD5SUMS LICENSE LICENCE COPYING README ATTRIBUTION".split())
 """What a ``folder`` dataset does not offer to the decoder: documents, tables, archives, stills, subtitles, checksums."""
 HDTF_SOURCES = ("RD", "WDA", "WRA")
 
@@ -54,7 +57,7 @@ class Clip:
 
 @dataclass
 class SplitConfig:
-    """Speaker-level train/val/test split."""
+    """Train/val/test split by a hash of the speaker's name (or of each video's, ``by: video``)."""
 
     val_fraction: float = 0.05
     """Share of speakers (by hash) in val, where the dataset does not say."""
@@ -70,6 +73,12 @@ class SplitConfig:
     """Put every clip in this split (e.g. HDTF, an evaluation set)."""
     seed: int = 0
     """Salt of the speaker hash."""
+    holdout: float = 0.0
+    """Cut every video in two at this fraction from its end: the start keeps the video's split, the end goes to val
+    (one person's video for adaptation: train on the first part, check on the last)."""
+    by: Literal["speaker", "video"] = "speaker"
+    """``speaker``: every clip of a speaker in one split. ``video``: each video on its own, by a hash of its name (one
+    speaker's sentences: no sentence in two splits); ``val_speakers``/``test_speakers`` then name videos."""
 
 
 def _speaker_hash(speaker: str, cfg: SplitConfig) -> float:
@@ -127,19 +136,22 @@ def _videos(root: Path) -> list[Path]:
 
 
 def _media_files(root: Path) -> list[Path]:
-    """Every file that might be media: what PyAV cannot open becomes a ledger line, never silence."""
+    """Every file that might be media: what PyAV cannot open becomes a ledger line, never silence. A file is a folder of one."""
+    if root.is_file():
+        return [root]
     return sorted(
         p for p in root.rglob("*")
-        if (p.is_file() or p.is_symlink()) and p.suffix.lower() not in NOT_MEDIA_EXTS and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        if (p.is_file() or p.is_symlink()) and p.suffix.lower() not in NOT_MEDIA_EXTS and p.name not in NOT_MEDIA_NAMES and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
 
 
 def folder_clips(root: Path, split: SplitConfig, speaker: str | None = None, name: str = "folder", speakers: dict[str, str] | None = None) -> list[Clip]:
     """Speaker = ``speakers[file]`` when a table is given, else the parent folder; a file lying directly in ``root`` is its own speaker."""
     out = []
+    base = root if root.is_dir() else root.parent
     for p in _media_files(root):
-        rel = p.relative_to(root).with_suffix("")
-        mapped = speakers.get(str(p.relative_to(root)), speakers.get(p.name)) if speakers else None
+        rel = p.relative_to(base).with_suffix("")
+        mapped = speakers.get(str(p.relative_to(base)), speakers.get(p.name)) if speakers else None
         if mapped:
             spk = mapped
             key = make_key(name, spk, "-".join(rel.parts))
@@ -218,6 +230,20 @@ def hdtf_clips(root: Path, split: SplitConfig) -> list[Clip]:
     return out
 
 
+def _held_out_end(clip: Clip, fraction: float) -> list[Clip]:
+    """``clip`` as its first part (its own split, key ``..._head``) and its last ``fraction`` (val, ``..._tail``)."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"split.holdout must be between 0 and 1 (the share of each video held out at its end), got {fraction}")
+    try:
+        from preprocess.media import probe
+
+        end = clip.end if clip.end is not None else probe(Path(clip.path)).duration
+    except ClipError:  # unreadable: kept whole, so that shard records it in the ledger like any other broken file
+        return [clip]
+    cut = clip.start + (1 - fraction) * (end - clip.start)
+    return [replace(clip, key=make_key(clip.key, "head"), end=cut), replace(clip, key=make_key(clip.key, "tail"), split="val", start=cut, end=end)]
+
+
 def _ensure_val_speakers(clips: list[Clip], cfg: SplitConfig) -> list[Clip]:
     """Move whole train speakers (highest hash first) to val until ``cfg.min_val_speakers`` speakers are there."""
     val = {c.speaker for c in clips if c.split == "val"}
@@ -233,7 +259,7 @@ def list_clips(dataset: str, root: Path | None, split: SplitConfig, meta_csv: Pa
     """Every clip of a dataset root, sorted by key (the same list on every rank and rerun)."""
     if root is None:
         raise ConfigError("no dataset root given: pass --root DIR (or set root: in the --config YAML)")
-    if not root.is_dir():
+    if not (root.is_dir() or dataset == "folder" and root.is_file()):
         raise ConfigError(f"dataset root not found or not a folder: {root}")
     if dataset == "voxceleb1":
         clips = voxceleb1_clips(root, split, meta_csv, audio_root)
@@ -245,7 +271,12 @@ def list_clips(dataset: str, root: Path | None, split: SplitConfig, meta_csv: Pa
         clips = folder_clips(root, split, speaker, speakers=speakers)
     else:
         raise ConfigError(f"unknown dataset {dataset!r}: choose voxceleb1, mead, hdtf or folder")
-    clips = _ensure_val_speakers(clips, split)
+    if split.by == "video":
+        clips = [replace(c, split=speaker_split(c.video, split)) for c in clips]
+    else:
+        clips = _ensure_val_speakers(clips, split)
+    if split.holdout > 0:
+        clips = [part for c in clips for part in _held_out_end(c, split.holdout)]
     dupes = {k for k, n in Counter(c.key for c in clips).items() if n > 1}
     if dupes:
         raise ConfigError(f"{len(dupes)} clips map to the same key (e.g. {sorted(dupes)[0]}): file names differ only in characters keys drop")

@@ -65,7 +65,7 @@ def test_folder_speakers_and_keys(tmp_path: Path) -> None:
 
 def test_folder_offers_every_container_and_skips_only_documents(tmp_path: Path) -> None:
     """.flv, .ts, .m2ts or no extension at all go to the decoder (what it cannot read is a ledger line); tables and notes do not."""
-    _touch(tmp_path, "a/one.flv", "a/two.ts", "a/three", "a/four.m2ts", "MANIFEST.tsv", "README.md", "a/still.png", ".hidden/x.mp4")
+    _touch(tmp_path, "a/one.flv", "a/two.ts", "a/three", "a/four.m2ts", "MANIFEST.tsv", "README.md", "SHA256SUMS", "a/still.png", ".hidden/x.mp4")
     keys = {c.key for c in list_clips("folder", tmp_path, SplitConfig())}
     assert keys == {"folder_a_one", "folder_a_two", "folder_a_three", "folder_a_four"}
 
@@ -107,3 +107,31 @@ def test_missing_root_is_a_config_error(tmp_path: Path) -> None:
         list_clips("folder", tmp_path / "nope", SplitConfig())
     with pytest.raises(ConfigError, match="no dataset root"):
         list_clips("folder", None, SplitConfig())
+
+
+def test_split_by_video_keeps_one_speaker_and_splits_sentences(tmp_path: Path) -> None:
+    """grid_s1: one speaker, 1,000 sentences; by: video puts ~10% of the sentences in val by a fixed rule of their names."""
+    names = [f"s{i:04d}.mp4" for i in range(400)]
+    _touch(tmp_path, *names)
+    table = tmp_path / "MANIFEST.tsv"
+    table.write_text("file\tspeaker\n" + "".join(f"{n}\ts1\n" for n in names))
+    speakers = read_speaker_map(SpeakerMapConfig(table, "file", "speaker"))
+    cfg = SplitConfig(val_fraction=0.1, test_fraction=0.0, by="video", min_val_speakers=3)
+    clips = list_clips("folder", tmp_path, cfg, speakers=speakers)
+    assert {c.speaker for c in clips} == {"s1"}
+    val = {c.video for c in clips if c.split == "val"}
+    assert 0.06 < len(val) / len(clips) < 0.14 and {c.split for c in clips} == {"train", "val"}
+    assert val == {c.video for c in list_clips("folder", tmp_path, cfg, speakers=speakers) if c.split == "val"}
+    by_speaker = list_clips("folder", tmp_path, SplitConfig(val_fraction=0.1, test_fraction=0.0), speakers=speakers)
+    assert len({c.split for c in by_speaker}) == 1  # the default: one speaker, one split
+
+
+def test_holdout_cuts_one_video_into_a_training_start_and_a_val_end() -> None:
+    """adapt's split: one file as the root, its last 20% in val, the two parts meeting without a gap."""
+    video = Path("sharded_data/samples/bbaf2n.mpg")
+    head, tail = list_clips("folder", video, SplitConfig(val_fraction=0.0, test_fraction=0.0, holdout=0.2))
+    assert (head.split, tail.split) == ("train", "val") and head.key.endswith("_head") and tail.key.endswith("_tail")
+    assert head.start == 0.0 and head.end == tail.start and abs(tail.end - 3.0) < 0.1
+    assert abs((tail.end - tail.start) / tail.end - 0.2) < 1e-6
+    with pytest.raises(ConfigError, match="split.holdout"):
+        list_clips("folder", video, SplitConfig(holdout=1.5))

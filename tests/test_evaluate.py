@@ -100,6 +100,25 @@ def test_fitted_drives_the_renderer_with_the_clips_own_expressions(trained, monk
     assert torch.equal(torch.cat(seen), torch.from_numpy(clip["coeffs"]["exp"].astype(np.float32)))
 
 
+def test_without_an_a2e_the_renderer_is_scored_alone(trained) -> None:
+    """No --a2e: the fitted-expression row per renderer and the baselines, equal to those rows of a run with an A2E (adapt's table)."""
+    ck = trained / "checkpoints" / "realtalk"
+    tables = {}
+    for name, a2e in (("alone", []), ("with", ["--a2e", str(ck / "a2e-both")])):
+        args = evaluate_module.build_parser().parse_args([
+            *a2e, "--renderer", str(ck / "renderer"), "--shards", str(trained / "shards"), "--out", str(trained / name), "--videos", "0",
+            "--no-mlflow", "--metrics", "quality", "--baselines", "blur", "--fitted", "--settings", "reconstruction"])
+        evaluate_module.evaluate(args)
+        tables[name] = {r["system"]: r for r in csv.DictReader(open(trained / name / "table.csv"))}
+    assert set(tables["alone"]) == {"baseline: source blurred in the mask", "fitted β (a perfect A2E) + renderer"}
+    assert {r["setting"] for t in tables.values() for r in t.values()} == {"reconstruction"}  # --settings
+    fitted = "fitted β (a perfect A2E) + renderer"  # the baselines' mask includes the A2E's mouth when there is one: not compared
+    assert float(tables["alone"][fitted]["SSIM"]) == pytest.approx(float(tables["with"][fitted]["SSIM"]), abs=1e-6)
+    proc = subprocess.run([sys.executable, "-m", "lightning_modules", "evaluate", "--renderer", str(ck / "renderer"), "--shards", str(trained / "shards")],
+                          cwd=trained, capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and "--fitted" in proc.stderr
+
+
 @pytest.mark.ddp
 def test_evaluate_on_two_ranks_writes_the_table_of_one(trained) -> None:
     """--devices 2 (gloo): each rank scores its share of the clips and the metrics reduce over both; every value of

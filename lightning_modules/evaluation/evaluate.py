@@ -13,7 +13,7 @@ the same mask and pasted the same way: the reference frame's lower face, and the
 blurred inside the mask (its low frequencies: roughly where the mouth is, not how it looks).
 ``--fitted`` adds, in the reconstruction setting, each renderer driven by the clip's own fitted
 expressions instead of the A2E's: a perfect A2E, so that the row tells the renderer's share of the
-error from the A2E's.
+error from the A2E's. Without ``--a2e`` only those rows (and the baselines) are made: a renderer on its own.
 
 Runs on the device (the metrics' networks too) and, with ``--devices N`` (launched like ``fit``: this
 command starts the other processes, or torchrun / srun start them), over N processes: the clips are
@@ -67,7 +67,7 @@ SAMPLES_PER_FRAME = AUDIO_RATE // 25
 class System:
     """One A2E + renderer pair under evaluation."""
 
-    a2e: A2EModule
+    a2e: A2EModule | None  # None: the renderer on its own (fitted expressions only)
     renderer: RendererModule
     data: RendererDataModule
     label: str
@@ -77,24 +77,24 @@ class System:
     net: torch.nn.Module  # the generator evaluated: its weight average when it kept one, unless --no-ema
 
 
-def load_system(a2e_ckpt: Path, renderer_ckpt: Path, shards: str, device: torch.device, ema: bool = True) -> System:
+def load_system(a2e_ckpt: Path | None, renderer_ckpt: Path, shards: str, device: torch.device, ema: bool = True) -> System:
     try:
-        a2e = load_module(A2EModule, a2e_ckpt, map_location=device).eval()
+        a2e = load_module(A2EModule, a2e_ckpt, map_location=device).eval() if a2e_ckpt else None
         renderer = load_module(RendererModule, renderer_ckpt, map_location=device).eval()
     except TypeError as e:  # a checkpoint saved before networks were kept in the hyperparameters
         raise SystemExit(f"error: cannot rebuild the networks from {a2e_ckpt} / {renderer_ckpt} ({e}); retrain with this version") from e
     data = load_datamodule(RendererDataModule, renderer_ckpt, shards=shards, num_workers=0)
-    runs = {k: run_of_checkpoint(p) or {} for k, p in (("a2e", a2e_ckpt), ("renderer", renderer_ckpt))}
-    names = {k: r.get("run_name") or Path(p).parent.name for (k, r), p in zip(runs.items(), (a2e_ckpt, renderer_ckpt))}
-    net = a2e.net
+    runs = {k: run_of_checkpoint(p) or {} if p else {} for k, p in (("a2e", a2e_ckpt), ("renderer", renderer_ckpt))}
+    names = {k: r.get("run_name") or Path(p).parent.name if p else "" for (k, r), p in zip(runs.items(), (a2e_ckpt, renderer_ckpt))}
     params = {
-        "use_shape": net.use_shape, "use_history": net.use_history, "mask": data.hparams.mask,
+        "use_shape": a2e and a2e.net.use_shape, "use_history": a2e and a2e.net.use_history, "mask": data.hparams.mask,
         "blocks": renderer.net.blocks,
         "image_size": data.hparams.image_size,
     }
     generator = renderer.inference_net if ema else renderer.net
     data.masker.to(device)
-    return System(a2e, renderer, data, f"{names['a2e']} + {names['renderer']}", names["renderer"], runs["renderer"] or None, params, generator)
+    label = f"{names['a2e']} + {names['renderer']}" if a2e else names["renderer"]
+    return System(a2e, renderer, data, label, names["renderer"], runs["renderer"] or None, params, generator)
 
 
 # -- clips and pairings ---------------------------------------------------------------------------
@@ -269,7 +269,8 @@ def switches(row: dict[str, Any]) -> str:
     if not p:
         return ""
     on = lambda v: "on" if v else "off"  # noqa: E731
-    return f"shape {on(p['use_shape'])}, history {on(p['use_history'])}, mask {p['mask']}, blocks {p['blocks']}, {p['image_size']} px"
+    a2e = f"shape {on(p['use_shape'])}, history {on(p['use_history'])}, " if p["use_shape"] is not None else ""
+    return f"{a2e}mask {p['mask']}, blocks {p['blocks']}, {p['image_size']} px"
 
 
 def write_tables(rows: list[dict[str, Any]], out: Path, notes: list[str]) -> str:
@@ -386,17 +387,20 @@ def evaluate(args: argparse.Namespace) -> str | None:
     out = Path(args.out)
     all_rows, notes, where, calibrated = [], [], [], False
     with_fitted: set[Path] = set()
-    for a2e_ckpt in map(resolve_checkpoint, args.a2e):
+    for a2e_ckpt in map(resolve_checkpoint, args.a2e) if args.a2e else [None]:
         for renderer_ckpt in map(resolve_checkpoint, args.renderer):
             system = load_system(a2e_ckpt, renderer_ckpt, args.shards, device, ema=not args.no_ema)
             clips = load_clips(system.data, args.split, args.max_clips)
             mine = deal([len(c["coeffs"]["exp"]) for c in clips], world)[rank]  # by frame count: every rank about as long
-            if args.audio:  # featurised once, as the shards' audio was
+            if system.a2e is None or "cross-audio" not in args.settings:  # the renderer alone: fitted expressions, no audio
+                drivers = []
+            elif args.audio:  # featurised once, as the shards' audio was
                 spoken = external_audio(args.audio, clips[0])
                 drivers = [(i, spoken) for i in range(len(clips))]
             else:
                 drivers = [(i, clips[j]) for i, j in cross_pairs(clips, args.pairs)]
             settings = {"reconstruction": [(i, clips[i]) for i in range(len(clips))], "cross-audio": drivers}
+            settings = {k: v for k, v in settings.items() if k in args.settings and v}
             rows, videos = [], []
             folder = out / system.label.replace(" + ", "__").replace("/", "-")
             for setting, pairs in settings.items():
@@ -414,14 +418,15 @@ def evaluate(args: argparse.Namespace) -> str | None:
                     video = with_frames(clips[i])
                     reference = unit_frames(video["frames"][valid_frames(video)[:1]]).to(device)
                     crops, masks = [], []
-                    for first, fake, real, mask, seconds in generate(system, video, driver, args.batch_size, device):
-                        sm.update(fake, real, reference, mask, first, seconds)
+                    # without an A2E the renderer is driven by the fitted expressions, and only the baselines and that row are scored
+                    for first, fake, real, mask, seconds in generate(system, video, driver, args.batch_size, device, fitted=system.a2e is None):
+                        (sm if system.a2e is not None else fitted).update(fake, real, reference, mask, first, seconds)
                         for b, bm in baselines.items():
                             bm.update(baseline_crops(b, real, reference, mask), real, reference, mask, first, 0.0)
                         if n < args.videos:
                             crops.append(to_uint8_hwc(fake))
                             masks.append(mask[:, 0].cpu().numpy())
-                    if fitted is not None:
+                    if fitted is not None and system.a2e is not None:
                         for first, fake, real, mask, seconds in generate(system, video, driver, args.batch_size, device, fitted=True):
                             fitted.update(fake, real, reference, mask, first, seconds)
                     if n < args.videos:  # the first --videos pairs, written by the rank that scored them
@@ -429,7 +434,8 @@ def evaluate(args: argparse.Namespace) -> str | None:
                         path = folder / "videos" / f"{setting}_{video['__key__']}_by_{driver['__key__']}.mp4"
                         videos.append(write_mp4(path, frames, driver["audio"][: len(frames) * SAMPLES_PER_FRAME]))
                 # every rank computes every row: each metric reduces its state over the ranks there
-                rows.append({"system": system.label, "setting": setting, "params": system.params, **sm.row()})
+                if system.a2e is not None:
+                    rows.append({"system": system.label, "setting": setting, "params": system.params, **sm.row()})
                 for b, bm in baselines.items():
                     rows.append({"system": BASELINES[b], "setting": setting, "params": {}, **bm.row(), "ms/frame": None, "mlflow_prefix": f"baseline-{b}/"})
                 if fitted is not None:
@@ -439,7 +445,7 @@ def evaluate(args: argparse.Namespace) -> str | None:
             videos = sorted(gather(videos))
             if rank == 0:
                 write_tables(rows, folder, [])
-                prefix = "eval/" if len(args.a2e) == 1 else f"eval/{Path(a2e_ckpt).parent.name}/"
+                prefix = "eval/" if len(args.a2e or [None]) == 1 else f"eval/{Path(a2e_ckpt).parent.name}/"
                 if not args.no_mlflow and (run := log_to_mlflow(system, rows, folder, videos, prefix)):
                     where.append(run)
             all_rows += rows
@@ -474,13 +480,16 @@ def evaluate(args: argparse.Namespace) -> str | None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lightning_modules evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--a2e", nargs="+", required=True, help="A2E checkpoint(s) written by `fit`: .ckpt files or folders (their newest last.ckpt)")
+    p.add_argument("--a2e", nargs="+", help="A2E checkpoint(s) written by `fit`: .ckpt files or folders (their newest last.ckpt); "
+                                            "without one, the renderers alone (needs --fitted)")
     p.add_argument("--renderer", nargs="+", required=True, help="renderer checkpoint(s), likewise")
     p.add_argument("--shards", required=True, help="shard folder (python -m preprocess shard ...)")
     p.add_argument("--split", nargs="+", default=["test"], help="split(s) to evaluate (default: test)")
     cross = p.add_mutually_exclusive_group()
     cross.add_argument("--pairs", help="cross-audio pairing file: lines 'video_key audio_key' (default: each clip with the next)")
     cross.add_argument("--audio", help="one external wav driving every clip in the cross-audio setting")
+    p.add_argument("--settings", nargs="+", choices=("reconstruction", "cross-audio"), default=["reconstruction", "cross-audio"],
+                   help="which settings to score (default both; cross-audio needs an A2E and two clips or --audio)")
     p.add_argument("--metrics", nargs="+", choices=METRICS, help="default: every metric whose weights are on this machine")
     p.add_argument("--lpips-net", choices=sorted(LPIPS_NETS), default="alex", help="LPIPS backbone (default alex, the paper's)")
     p.add_argument("--lpips-weights", help="the backbone's ImageNet convolutions, .safetensors or torchvision .pth (default: the weights store, make weights)")
@@ -507,7 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.a2e and not args.fitted:
+        parser.error("without --a2e there is nothing to drive the renderer from audio: pass --a2e CKPT, or --fitted to score the renderer alone")
     if (table := evaluate(args)) is not None:
         print(table)
 
