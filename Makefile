@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install weights gpu-wheels gpu-check test test-full lint demo bench face-model figures mlflow-server mlflow-ui a2e-grid renderer-grid a2e-corpus renderer-corpus corpus-shards clean
+.PHONY: help install weights gpu-wheels gpu-check test test-full lint demo bench face-model figures mlflow-server mlflow-ui a2e-grid renderer-grid a2e-corpus renderer-corpus corpus-shards speaker-s1 clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -106,6 +106,33 @@ renderer-corpus: corpus-shards ## the CPU real-time renderer (128 px) on the cor
 	  --trainer.max_time $(CORPUS_RENDERER_TIME) --trainer.logger.init_args.run_name cpu128-$$(date +%Y%m%d-%H%M%S)
 	$(PY) -m lightning_modules evaluate --a2e $(CORPUS_A2E) --renderer checkpoints/renderer-corpus --shards sharded_data/talking --split val \
 	  --out evaluation/corpus --baselines reference blur --fitted --identity-every 5 --fd-every 5 --videos 2
+
+S1 ?= ../shared/data/grid_s1
+S1_A2E_STEPS ?= 2000
+S1_RENDERER_TIME ?= 00:00:30:00
+# validation sentences scored (the first by key; all 108 take about 4x as long on 2 cores)
+S1_EVAL_CLIPS ?= 30
+# a validation sentence (the split is a hash of the names): its dubs and contact sheets
+S1_SENTENCE ?= lrid8n
+S1_VOICES ?= ../shared/data/ljspeech/LJ001-0001.wav ../shared/data/jfk/jfk.flac
+S1_OUT ?= evaluation/s1
+S1_DUB = $(PY) -m lightning_modules dub --a2e checkpoints/a2e-s1 --renderer checkpoints/renderer-s1 --video $(S1)/$(S1_SENTENCE).mp4 --no-progress
+
+speaker-s1: install ## one speaker end to end: GRID s1 (S1) split by sentence 90/10 -> A2E (S1_A2E_STEPS) and its Table-5 row -> the CPU renderer (S1_RENDERER_TIME) -> the val table with both baselines -> S1_SENTENCE dubbed by its own voice and by S1_VOICES, with contact sheets
+	@test -f "$(S1)/MANIFEST.tsv" || { echo "no GRID s1 at S1=$(S1): point S1 at a folder of one speaker's videos with a MANIFEST.tsv (columns 'file' and 'speaker')"; exit 2; }
+	$(PY) -m preprocess shard --config configs/preprocess/grid_s1.yaml --root $(S1) --speakers.path $(S1)/MANIFEST.tsv --progress false
+	$(PY) -m lightning_modules fit $(A2E_CONFIGS) --config configs/experiment/a2e_s1.yaml --trainer.max_steps $(S1_A2E_STEPS) \
+	  --trainer.logger.init_args.run_name a2e-$$(date +%Y%m%d-%H%M%S)
+	$(PY) -m lightning_modules.a2e.table5 --experiment a2e-s1 --last 1
+	$(PY) -m lightning_modules fit $(RENDERER_CONFIGS) --config configs/experiment/renderer_cpu_realtime.yaml --config configs/experiment/renderer_s1.yaml \
+	  --trainer.max_time $(S1_RENDERER_TIME) --trainer.logger.init_args.run_name cpu128-$$(date +%Y%m%d-%H%M%S)
+	$(PY) -m lightning_modules evaluate --a2e checkpoints/a2e-s1 --renderer checkpoints/renderer-s1 --shards sharded_data/grid_s1 --split val \
+	  --out $(S1_OUT) --baselines reference blur --fitted --identity-every 5 --fd-every 2 --videos 2 --max-clips $(S1_EVAL_CLIPS)
+	$(S1_DUB) --audio $(S1)/$(S1_SENTENCE).mp4 --out $(S1_OUT)/dub_$(S1_SENTENCE)_own_voice.mp4
+	$(PY) -m lightning_modules.inference.contact_sheet --source $(S1)/$(S1_SENTENCE).mp4 --dubbed $(S1_OUT)/dub_$(S1_SENTENCE)_own_voice.mp4 --out $(S1_OUT)/sheet_own_voice.png
+	for voice in $(S1_VOICES); do name=$$(basename $${voice%.*}); \
+	  $(S1_DUB) --audio $$voice --out $(S1_OUT)/dub_$(S1_SENTENCE)_by_$$name.mp4 || exit 1; \
+	  $(PY) -m lightning_modules.inference.contact_sheet --source $(S1)/$(S1_SENTENCE).mp4 --dubbed $(S1_OUT)/dub_$(S1_SENTENCE)_by_$$name.mp4 --out $(S1_OUT)/sheet_by_$$name.png || exit 1; done
 
 renderer-grid: install ## renderer GAN on the 8 GRID clips at 128 px (CPU-sized; image grids and loss curves in MLflow)
 	$(PY) -m preprocess shard --config configs/preprocess/grid_dev.yaml

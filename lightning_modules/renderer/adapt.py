@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -86,9 +87,8 @@ def shard_video(video: Path, face_model: str | None, holdout: float, cache_dir: 
     from preprocess.config import ShardJob
     from preprocess.datasets import SplitConfig
     from preprocess.face_model import FaceModel
-    from preprocess.runner import EXIT_OK, run_shard
-
     from preprocess.media import probe
+    from preprocess.runner import EXIT_OK, run_shard
 
     if (seconds := probe(video).duration) < MIN_FACE_SECONDS:
         raise ClipError("length", f"{video} lasts {seconds:.1f} s; adapt needs at least {MIN_FACE_SECONDS:.0f} s of one face")
@@ -98,7 +98,8 @@ def shard_video(video: Path, face_model: str | None, holdout: float, cache_dir: 
     manifest = out / "manifest.json"
     if not manifest.is_file():
         job = ShardJob(dataset="folder", root=video, out=out, face_model=Path(face_model) if face_model else None,
-                       split=SplitConfig(val_fraction=0.0, test_fraction=0.0, holdout=holdout), progress=progress)
+                       split=SplitConfig(val_fraction=0.0, test_fraction=0.0, holdout=holdout), progress=progress,
+                       workers=min(2, os.cpu_count() or 1))  # the start and the end at once
         if run_shard(job) != EXIT_OK:
             fails = [json.loads(ln) for ln in (out / "failures.jsonl").read_text().splitlines() if ln.strip()] if (out / "failures.jsonl").is_file() else []
             why = "; ".join(f"{f['key'].rsplit('_', 1)[-1]}: {f['reason']}" for f in fails) or "see the lines above"
@@ -112,7 +113,8 @@ def shard_video(video: Path, face_model: str | None, holdout: float, cache_dir: 
     return out
 
 
-def fit_config(ckpt: dict[str, Any], shards: Path, minutes: float, out: Path, run_name: str, gpu: bool, batch_size: int | None) -> dict[str, Any]:
+def fit_config(ckpt: dict[str, Any], shards: Path, minutes: float, out: Path, run_name: str, gpu: bool, batch_size: int | None,
+               progress: bool = True) -> dict[str, Any]:
     """A ``fit`` config of the checkpoint's own model and data options, on ``shards``, for ``minutes`` of training."""
     hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_") and k not in LINKED_MODEL_KEYS}
     net = hp["net"]["init_args"] = {k: v for k, v in hp["net"].get("init_args", {}).items() if k not in LINKED_NET_KEYS}
@@ -136,7 +138,7 @@ def fit_config(ckpt: dict[str, Any], shards: Path, minutes: float, out: Path, ru
             "default_root_dir": str(out),
             "logger": {"class_path": "lightning_modules.tracking.run_logger.RunLogger",
                        "init_args": {"experiment_name": EXPERIMENT, "run_name": run_name}},
-            "callbacks": [{"class_path": f"{__name__}.TimeLeftBar", "init_args": {"seconds": total}}],
+            "callbacks": [{"class_path": f"{__name__}.TimeLeftBar", "init_args": {"seconds": total}}] if progress else [],
         },
         "checkpoint": {"every_n_train_steps": 100},
     }
@@ -149,7 +151,7 @@ def fine_tune(renderer: Path, shards: Path, args: argparse.Namespace, fit_args: 
     _, ckpt = read_checkpoint(renderer)
     run_name = f"adapt-{args.video.stem}"
     folder = args.out / "checkpoints" / EXPERIMENT / run_name
-    config = fit_config(ckpt, shards, args.minutes, args.out, run_name, args.device == "cuda", args.batch_size)
+    config = fit_config(ckpt, shards, args.minutes, args.out, run_name, args.device == "cuda", args.batch_size, not args.no_progress)
     (args.out / "fit.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     start = ["--ckpt_path", "last"] if (folder / "last.ckpt").is_file() else ["--init_from", str(renderer)]
     if start[0] == "--ckpt_path":
