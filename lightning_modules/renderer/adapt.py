@@ -38,7 +38,7 @@ import yaml
 from tqdm import tqdm
 
 from lightning_modules.inference.avatar import default_cache_dir, file_sha1
-from lightning_modules.inference.networks import CheckpointError, load_renderer, read_checkpoint
+from lightning_modules.inference.networks import CheckpointError, load_pair, load_renderer, read_checkpoint
 from preprocess.errors import ClipError, ConfigError
 
 EXPERIMENT = "adapt"
@@ -207,11 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.video.is_file():
         return _fail(f"--video {args.video}: no such file")
     try:
-        renderer = load_renderer(args.renderer)
-        if args.a2e:
-            from lightning_modules.inference.networks import load_pair
-
-            load_pair(args.a2e, args.renderer)  # the same face model, or one line now rather than after the training
+        # with an A2E, both checked to share a face model: one line now rather than after the training
+        renderer = load_pair(args.a2e, args.renderer)[1] if args.a2e else load_renderer(args.renderer)
         args.out.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         shards = shard_video(args.video, renderer.face_model.path, args.holdout, args.cache_dir, not args.no_progress)
