@@ -1,0 +1,72 @@
+"""The guide cannot drift from the code: every `make` target, `python -m` module and subcommand, and `--config`
+preset named in a fenced bash block of README.md or docs/*.md exists."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+from preprocess.cli import COMMANDS as PREPROCESS_COMMANDS
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+# python -m lightning_modules SUB: LightningCLI's subcommands and the commands main() dispatches
+LIGHTNING_COMMANDS = {"fit", "validate", "test", "predict", "evaluate", "dub", "stream", "export", "adapt", "runs"}
+FENCE = re.compile(r"```(?:bash|sh|shell)\n(.*?)```", re.S)
+
+
+def commands(page: Path) -> list[str]:
+    """The lines of the page's bash blocks, continuation lines joined, comments dropped."""
+    text = "\n".join(FENCE.findall(page.read_text()))
+    return [re.sub(r"\s#.*$", "", line).strip() for line in text.replace("\\\n", " ").splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def make_targets() -> set[str]:
+    return set(re.findall(r"^([a-zA-Z0-9_-]+):", (REPO / "Makefile").read_text(), re.M))
+
+
+def references(page: Path) -> list[tuple[str, str]]:
+    """(kind, name) of every make target, module, subcommand and config preset the page's commands name."""
+    found = []
+    for line in commands(page):
+        for part in re.split(r"[;&|]+", line):
+            if m := re.match(r"\s*(?:\S+=\S+\s+)*make\s+(.*)", part):
+                found += [("make", t) for t in m[1].split() if not t.startswith("-") and "=" not in t]
+            if m := re.search(r"python3?\s+-m\s+([\w.]+)(?:\s+([\w-]+))?", part):
+                found.append(("module", m[1]))
+                if m[1] in ("lightning_modules", "preprocess") and m[2]:
+                    found.append((m[1], m[2]))
+            found += [("config", c) for c in re.findall(r"--config\s+(configs/[\w./-]+)", part)]
+    return found
+
+
+def exists(kind: str, name: str, targets: set[str]) -> bool:
+    if kind == "make":
+        return name in targets
+    if kind == "module":
+        return importlib.util.find_spec(name) is not None
+    if kind == "lightning_modules":
+        return name in LIGHTNING_COMMANDS
+    if kind == "preprocess":
+        return name in PREPROCESS_COMMANDS
+    return (REPO / name).is_file()  # a config preset
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_command_the_guide_names_exists(page: Path) -> None:
+    targets = make_targets()
+    missing = sorted({f"{kind} {name}" for kind, name in references(page) if not exists(kind, name, targets)})
+    assert not missing, f"{page.name} names what does not exist: {missing}"
+
+
+def test_the_checker_sees_a_missing_target(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("```bash\nmake demo\nmake no-such-target   # comment\npython -m lightning_modules fly --config configs/none.yaml\n```\n")
+    found = set(references(page))
+    assert {("make", "demo"), ("make", "no-such-target"), ("lightning_modules", "fly"), ("config", "configs/none.yaml")} <= found
+    targets = make_targets()
+    assert not exists("make", "no-such-target", targets) and not exists("lightning_modules", "fly", targets)
+    assert not exists("config", "configs/none.yaml", targets) and exists("make", "demo", targets)
