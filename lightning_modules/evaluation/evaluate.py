@@ -408,7 +408,7 @@ def evaluate(args: argparse.Namespace) -> str | None:
                     recon, chosen, faces, lpips_weights=args.lpips_weights, fid_weights=args.fid_weights,
                     lpips_net=args.lpips_net, identity_every=args.identity_every, fd_every=args.fd_every, identity=identity, device=device,
                 )
-                sm = metrics()
+                sm = metrics() if system.a2e is not None else None  # without an A2E only the fitted row (below) is the renderer's
                 # the baselines once, beside the first system: they depend on the clips and the mask, not on the A2E
                 baselines = {b: metrics() for b in args.baselines} if setting == "reconstruction" and not all_rows else {}
                 # the fitted-β row once per renderer: it does not depend on the A2E either
@@ -420,7 +420,7 @@ def evaluate(args: argparse.Namespace) -> str | None:
                     crops, masks = [], []
                     # without an A2E the renderer is driven by the fitted expressions, and only the baselines and that row are scored
                     for first, fake, real, mask, seconds in generate(system, video, driver, args.batch_size, device, fitted=system.a2e is None):
-                        (sm if system.a2e is not None else fitted).update(fake, real, reference, mask, first, seconds)
+                        (sm or fitted).update(fake, real, reference, mask, first, seconds)
                         for b, bm in baselines.items():
                             bm.update(baseline_crops(b, real, reference, mask), real, reference, mask, first, 0.0)
                         if n < args.videos:
@@ -434,7 +434,7 @@ def evaluate(args: argparse.Namespace) -> str | None:
                         path = folder / "videos" / f"{setting}_{video['__key__']}_by_{driver['__key__']}.mp4"
                         videos.append(write_mp4(path, frames, driver["audio"][: len(frames) * SAMPLES_PER_FRAME]))
                 # every rank computes every row: each metric reduces its state over the ranks there
-                if system.a2e is not None:
+                if sm is not None:
                     rows.append({"system": system.label, "setting": setting, "params": system.params, **sm.row()})
                 for b, bm in baselines.items():
                     rows.append({"system": BASELINES[b], "setting": setting, "params": {}, **bm.row(), "ms/frame": None, "mlflow_prefix": f"baseline-{b}/"})

@@ -54,19 +54,18 @@ class TimeLeftBar(L.Callback):
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.bar: tqdm | None = None
-
-    def _timer(self, trainer: L.Trainer) -> L.pytorch.callbacks.Timer | None:
-        return next((c for c in trainer.callbacks if isinstance(c, L.pytorch.callbacks.Timer)), None)
+        self.timer: L.pytorch.callbacks.Timer | None = None  # Lightning's, which max_time adds and a resume restores
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
+        self.timer = next((c for c in trainer.callbacks if isinstance(c, L.pytorch.callbacks.Timer)), None)
+        if trainer.is_global_zero and self.timer is not None:
             self.bar = tqdm(total=round(self.seconds), unit="s", desc="adapt", dynamic_ncols=True,
                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s{postfix}")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.bar is None or (timer := self._timer(trainer)) is None:
+        if self.bar is None:
             return
-        self.bar.n = min(round(timer.time_elapsed("train")), self.bar.total)
+        self.bar.n = min(round(self.timer.time_elapsed("train")), self.bar.total)
         loss = trainer.callback_metrics.get("train/loss/l1")
         left = self.bar.total - self.bar.n
         self.bar.set_postfix_str(f"{left // 60}:{left % 60:02d} left, step {trainer.global_step}" + (f", l1 {float(loss):.3f}" if loss is not None else ""),
@@ -117,9 +116,7 @@ def fit_config(ckpt: dict[str, Any], shards: Path, minutes: float, out: Path, ru
                progress: bool = True) -> dict[str, Any]:
     """A ``fit`` config of the checkpoint's own model and data options, on ``shards``, for ``minutes`` of training."""
     hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_") and k not in LINKED_MODEL_KEYS}
-    net = hp["net"]["init_args"] = {k: v for k, v in hp["net"].get("init_args", {}).items() if k not in LINKED_NET_KEYS}
-    if isinstance(net.get("widths"), tuple):
-        net["widths"] = list(net["widths"])
+    hp["net"]["init_args"] = {k: v for k, v in hp["net"].get("init_args", {}).items() if k not in LINKED_NET_KEYS}
     hp["disc_start_step"] = 0  # the critic comes trained with the generator
     hp["compile"] = False
     data = {k: v for k, v in (ckpt.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
@@ -152,7 +149,8 @@ def fine_tune(renderer: Path, shards: Path, args: argparse.Namespace, fit_args: 
     run_name = f"adapt-{args.video.stem}"
     folder = args.out / "checkpoints" / EXPERIMENT / run_name
     config = fit_config(ckpt, shards, args.minutes, args.out, run_name, args.device == "cuda", args.batch_size, not args.no_progress)
-    (args.out / "fit.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    plain = json.loads(json.dumps(config))  # tuples a checkpoint may hold become lists, which YAML writes plainly
+    (args.out / "fit.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
     start = ["--ckpt_path", "last"] if (folder / "last.ckpt").is_file() else ["--init_from", str(renderer)]
     if start[0] == "--ckpt_path":
         print(f"resuming the fine-tuning in {folder} (its time counts on from where it stopped)", file=sys.stderr)
