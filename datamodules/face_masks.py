@@ -15,7 +15,7 @@ paper's blend Î = M·I_s + (1−M)·out uses M = 1 − mask. Two kinds (Table 6
 ``sketch`` is the mouth the coefficients describe, drawn in the crop for renderers that take it
 (``FIARenderer(sketch_channels=2)``): the lip vertices as soft dots and the filled inner-lip loop.
 AdaIN alone gives the renderer β as one scale and shift per channel for the whole image, from
-which a small renderer learns an average mouth (README "Renderer on the corpus"); the sketch
+which a small renderer learns an average mouth (docs/results.md "Renderer on the corpus"); the sketch
 puts the mouth's shape where it is to be drawn.
 
 Sizes are fractions of the crop side so one config serves 64 px tests and 256 px training.

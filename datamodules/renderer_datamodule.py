@@ -48,7 +48,7 @@ class RendererDataModule(ShardDataModule):
         eval_clips: validation/test use this many clips of the split, a fixed subset drawn with the seed (None = all).
         batch_size: examples per batch and rank.
         eval_batch_size: examples per validation/test batch (None = batch_size).
-        num_workers: DataLoader worker processes per rank (README "Training": how many per GPU).
+        num_workers: DataLoader worker processes per rank (docs/training.md "Data loaders": how many per GPU).
         pin_memory: page-locked batches for faster copies to a GPU (ignored without CUDA).
         persistent_workers: keep the workers between epochs and validations (they need not start again).
         prefetch_factor: batches each worker prepares ahead.

@@ -219,7 +219,7 @@ class StreamingFeatures:
     ``lookahead`` + up to ``block`` rows after its audio arrived. The schedule depends only on the
     row index, so any chunking of the same audio gives the same rows. Whisper's rows depend on
     their position in the encoded stretch, so they differ from the whole-clip rows of the shards
-    (README "Dub a video" gives the measured gap); ``mel`` rows barely do.
+    (docs/inference.md "`stream` and its latency" gives the measured gap); ``mel`` rows barely do.
     """
 
     def __init__(self, extractor: AudioFeatureExtractor, block: int = 20, left: int = 200, lookahead: int = 25) -> None:

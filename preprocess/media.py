@@ -172,7 +172,7 @@ def load_audio(path: Path, start: float = 0.0, end: float | None = None, same_co
 
 KEYFRAME_INTERVAL = 8
 """Frames between keyframes in shard videos (schema 2): a reader seeks to the keyframe before a frame and
-decodes at most this many frames to reach it (README "Training": 2.1 ms per training image, 1.7x the
+decodes at most this many frames to reach it (docs/preprocessing.md "Schema 2": 2.1 ms per training image, 1.7x the
 bytes of a default-GOP stream, measured on the corpus shards)."""
 
 

@@ -46,7 +46,7 @@ def test_overfits_one_clip_to_near_zero_error(tmp_path):
 @pytest.mark.parametrize("priors", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["priors", "no-priors"])
 def test_beats_the_clip_mean_on_held_out_clips_when_audio_drives_the_expression(tmp_path, priors):
     # synthetic β = linear(audio) + a per-clip offset: the Table-5 acceptance in the regime where the
-    # data allow it (on GRID's 6 speakers they do not: see README, "A2E on GRID")
+    # data allow it (on GRID's 6 speakers they do not: see docs/results.md, "A2E on GRID")
     root = write_synthetic_shards(tmp_path, {"train": 8, "val": 2}, frames=48)
     L.seed_everything(0)
     net = A2ETransformer(audio_dim=16, d_model=64, num_heads=4, cmsa_layers=2, tca_layers=2, ff_mult=2, dropout=0.0, use_shape=priors, use_history=priors)

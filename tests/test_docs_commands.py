@@ -1,5 +1,6 @@
 """The guide cannot drift from the code: every `make` target, `python -m` module and subcommand, and `--config`
-preset named in a fenced bash block of README.md or docs/*.md exists."""
+preset named in a fenced bash block of README.md or docs/*.md exists, and every relative link and #anchor between
+the pages resolves (the pages are GitHub's headings' slugs apart)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # python -m lightning_modules SUB: LightningCLI's subcommands and the commands main() dispatches
 LIGHTNING_COMMANDS = {"fit", "validate", "test", "predict", "evaluate", "dub", "stream", "export", "adapt", "runs"}
 FENCE = re.compile(r"```(?:bash|sh|shell)\n(.*?)```", re.S)
+LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
 def commands(page: Path) -> list[str]:
@@ -60,6 +62,44 @@ def test_every_command_the_guide_names_exists(page: Path) -> None:
     targets = make_targets()
     missing = sorted({f"{kind} {name}" for kind, name in references(page) if not exists(kind, name, targets)})
     assert not missing, f"{page.name} names what does not exist: {missing}"
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to hyphens, repeats numbered."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        seen[slug if slug not in seen else f"{slug}-{seen[slug]}"] = seen.get(slug, 0) + 1
+    return set(seen)
+
+
+def broken_links(page: Path) -> list[str]:
+    """The page's relative links whose file, or whose #anchor in a markdown page, does not exist."""
+    broken = []
+    for target in LINK.findall(re.sub(r"```.*?```", "", page.read_text(), flags=re.S)):
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s), mailto: not checked offline
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if not file.exists():
+            broken.append(target)
+        elif anchor and file.suffix == ".md" and anchor not in anchors(file):
+            broken.append(target)
+    return broken
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_link_resolves(page: Path) -> None:
+    assert not broken_links(page), f"{page.name} links to what does not exist: {broken_links(page)}"
+
+
+def test_the_link_checker_sees_a_missing_file_and_anchor(tmp_path: Path) -> None:
+    (tmp_path / "other.md").write_text("# Title\n\n## `adapt`: one person's video\n\n## Data\n\n### Data\n")
+    page = tmp_path / "page.md"
+    page.write_text("[a](other.md#adapt-one-persons-video) [b](other.md#data-1) [c](other.md#nope) [d](gone.md) "
+                    "[e](https://example.org/x) [f](#title-here)\n\n# Title here\n")
+    assert broken_links(page) == ["other.md#nope", "gone.md"]
 
 
 def test_the_checker_sees_a_missing_target(tmp_path: Path) -> None:

@@ -138,7 +138,7 @@ class FIARenderer(nn.Module):
         source_skips: add the masked source's encoder features to the decoder stage of the same scale.
         skips_after_norm: add those features after each stage's AdaIN and after the head's GroupNorm
             rather than before. Before, the instance norm removes their per-channel means, i.e. the
-            colour and light of the frame being redrawn (README "Renderer on the corpus": with it the
+            colour and light of the frame being redrawn (docs/results.md "Renderer on the corpus": with it the
             corpus renderer's M-LMD fell 7%). False is how checkpoints written before this option
             were trained.
         sketch_channels: extra input channels of the source: the mouth of [α, β, ρ] drawn in the

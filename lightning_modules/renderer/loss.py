@@ -61,7 +61,7 @@ class RendererLoss(nn.Module):
         lambda_adversarial: λ3 (hinge generator loss, only once the discriminator has started).
         lambda_teeth: λ4, L1 over the teeth mask M′.
         perceptual_autocast: run the perceptual network under the training's mixed precision instead of
-            fp32 (its distances, not its activations, are what the loss uses; README "Training" has the
+            fp32 (its distances, not its activations, are what the loss uses; docs/training.md "GPU options" has the
             measured difference); the distances themselves are taken in fp32 either way.
     """
 
