@@ -248,6 +248,25 @@ def test_sharpness_is_one_for_the_source_and_falls_with_blur(crops) -> None:
     assert float(outside.compute()) == pytest.approx(1.0, abs=0.05)  # only the region counts (its border sees a little of the blur)
 
 
+
+def test_a_rendering_is_pasted_at_the_crop_size_sharper_than_bilinear(crops) -> None:
+    """dub, stream and evaluate scale a 128 px rendering into the crop bicubically: real GRID crops keep more of their
+    sharpness than with bilinear scaling, and the region stays a weight in [0, 1]."""
+    from lightning_modules.inference.compose import to_crop_size
+
+    frames = as_tensor(np.concatenate([c[:2] for c in crops.values()]))
+    region = torch.zeros(len(frames), 1, 256, 256)
+    region[..., 150:230, 70:190] = 1
+    small = torch.nn.functional.interpolate(frames, size=(128, 128), mode="bilinear", antialias=True)
+    small_region = torch.nn.functional.interpolate(region, size=(128, 128), mode="bilinear", antialias=True)
+    image, weight = to_crop_size(small, small_region, 256)
+    assert image.shape == frames.shape and weight.shape == region.shape and 0 <= weight.min() and weight.max() <= 1
+    bicubic, bilinear = Sharpness(), Sharpness()
+    bicubic.update(image.clamp(0, 1), frames, region)
+    bilinear.update(torch.nn.functional.interpolate(small, size=(256, 256), mode="bilinear"), frames, region)
+    assert float(bicubic.compute()) > 1.2 * float(bilinear.compute())
+    assert to_crop_size(frames, region, 256)[0] is frames  # already at the crop's size: untouched
+
 def test_missing_weights_stop_with_the_file_named(tmp_path) -> None:
     missing = str(tmp_path / "nothing.pth")
     for build in (lambda: fid_inception(missing), lambda: PerceptualSimilarity(weights=missing), lambda: DlibFaces(shape_predictor=missing)):

@@ -48,7 +48,7 @@ from datamodules.shard_stream import deal
 from lightning_modules.a2e.inference import predict_expressions
 from lightning_modules.a2e.module import A2EModule
 from lightning_modules.evaluation.table_metrics import COLUMNS, LOWER_IS_BETTER, METRICS, SettingMetrics, default_metrics
-from lightning_modules.inference.compose import redraw
+from lightning_modules.inference.compose import redraw, to_crop_size
 from lightning_modules.renderer.module import RendererModule
 from lightning_modules.tracking.checkpoints import load_datamodule, load_module, resolve_checkpoint, run_of_checkpoint
 from lightning_modules.tracking.run_logger import run_tracking_uri
@@ -192,10 +192,7 @@ def generate(
         sync(device)
         seconds = time.perf_counter() - start + a2e_seconds * len(idx) / frames
         real = unit_frames(video["frames"][idx]).to(device)
-        fake, mask_crop = out.add(1).div(2), mask
-        if size != crop:
-            up = lambda x: torch.nn.functional.interpolate(x, size=(crop, crop), mode="bilinear", align_corners=False)  # noqa: E731
-            fake, mask_crop = up(fake), up(mask_crop)
+        fake, mask_crop = to_crop_size(out.add(1).div(2), mask, crop)
         yield s, (real * (1 - mask_crop) + fake.clamp(0, 1) * mask_crop), real, mask_crop, seconds
 
 
@@ -409,7 +406,8 @@ def evaluate(args: argparse.Namespace) -> str | None:
                     lpips_net=args.lpips_net, identity_every=args.identity_every, fd_every=args.fd_every, identity=identity, device=device,
                 )
                 sm = metrics() if system.a2e is not None else None  # without an A2E only the fitted row (below) is the renderer's
-                # the baselines once, beside the first system: they depend on the clips and the mask, not on the A2E
+                # the baselines once, beside the first system and under its region (the union of the fitted and its A2E's
+                # mouth), so that they are scored over the pixels that system redraws; no network of theirs depends on the A2E
                 baselines = {b: metrics() for b in args.baselines} if setting == "reconstruction" and not all_rows else {}
                 # the fitted-β row once per renderer: it does not depend on the A2E either
                 fitted = metrics() if args.fitted and setting == "reconstruction" and renderer_ckpt not in with_fitted else None

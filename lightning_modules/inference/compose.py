@@ -113,14 +113,25 @@ class CropRenderer:
         t_mask = time.perf_counter()
         reference = self.reference_features if self.cache_reference else self.reference
         out, mask = redraw(self.net, self.masker, to_images(crops, self.size).to(dev), reference, shape, exp, fitted, pose, camera, mask)
-        if self.size != crop:
-            out = F.interpolate(out, size=(crop, crop), mode="bilinear", align_corners=False)
-            mask = F.interpolate(mask, size=(crop, crop), mode="bilinear", align_corners=False)
+        out, mask = to_crop_size(out, mask, crop)
         rgb = out.clamp(-1, 1).add(1).mul(127.5).permute(0, 2, 3, 1).cpu().numpy()
         if seconds is not None:
             seconds["mask"] += t_mask - t
             seconds["renderer"] += time.perf_counter() - t_mask
         return rgb, paste_weight(mask[:, 0].clamp(0, 1).cpu().numpy())
+
+
+def to_crop_size(image: torch.Tensor, region: torch.Tensor, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The renderer's image [N, 3, S, S] and region [N, 1, S, S] at the crop's size (unchanged when S is it).
+
+    The image is scaled bicubically, not bilinearly: a perfect 128 px rendering scaled into a 256 crop keeps 0.39 of
+    the source's sharpness bicubically and 0.24 bilinearly (docs/one_speaker.md, "Sharpness"); it may overshoot a
+    little, so callers clamp it. The region is a blend weight and is scaled bilinearly, which keeps it in [0, 1].
+    """
+    if image.shape[-1] == crop:
+        return image, region
+    return (F.interpolate(image, size=(crop, crop), mode="bicubic", align_corners=False),
+            F.interpolate(region, size=(crop, crop), mode="bilinear", align_corners=False))
 
 
 def paste(frame: np.ndarray, crop_rgb: np.ndarray, weight: np.ndarray, crop_matrix: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int], np.ndarray]:
