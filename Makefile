@@ -110,23 +110,31 @@ renderer-corpus: corpus-shards ## the CPU real-time renderer (128 px) on the cor
 S1 ?= ../shared/data/grid_s1
 S1_A2E_STEPS ?= 2000
 S1_RENDERER_TIME ?= 00:00:30:00
+# the renderer continued at the crops' own 256 px (renderer_s1_256.yaml): twice the sharpness of the 128 px one
+S1_RENDERER_256_TIME ?= 00:00:20:00
+# one name for this call's two renderer runs (':=' takes the time once)
+S1_RUN := $(shell date +%Y%m%d-%H%M%S)
 # validation sentences scored (the first 10 by key: about 15 min on 2 cores; all 108 take about 11x as long)
 S1_EVAL_CLIPS ?= 10
 # a validation sentence (the split is a hash of the names): its dubs and contact sheets
 S1_SENTENCE ?= lrid8n
 S1_VOICES ?= ../shared/data/ljspeech/LJ001-0001.wav ../shared/data/jfk/jfk.flac
 S1_OUT ?= evaluation/s1
-S1_DUB = $(PY) -m lightning_modules dub --a2e checkpoints/a2e-s1 --renderer checkpoints/renderer-s1 --video $(S1)/$(S1_SENTENCE).mp4 --no-progress
+S1_RENDERER = checkpoints/renderer-s1/cpu256-$(S1_RUN)/last.ckpt
+S1_DUB = $(PY) -m lightning_modules dub --a2e checkpoints/a2e-s1 --renderer $(S1_RENDERER) --video $(S1)/$(S1_SENTENCE).mp4 --no-progress
 
-speaker-s1: install ## one speaker end to end: GRID s1 (S1) split by sentence 90/10 -> A2E (S1_A2E_STEPS) and its Table-5 row -> the CPU renderer (S1_RENDERER_TIME) -> the val table with both baselines -> S1_SENTENCE dubbed by its own voice and by S1_VOICES, with contact sheets
+speaker-s1: install ## one speaker end to end: GRID s1 (S1) split by sentence 90/10 -> A2E (S1_A2E_STEPS) and its Table-5 row -> the CPU renderer at 128 px (S1_RENDERER_TIME), then at 256 px (S1_RENDERER_256_TIME) -> the val table with both baselines -> S1_SENTENCE dubbed by its own voice and by S1_VOICES, with contact sheets
 	@test -f "$(S1)/MANIFEST.tsv" || { echo "no GRID s1 at S1=$(S1): point S1 at a folder of one speaker's videos with a MANIFEST.tsv (columns 'file' and 'speaker')"; exit 2; }
 	$(PY) -m preprocess shard --config configs/preprocess/grid_s1.yaml --root $(S1) --speakers.path $(S1)/MANIFEST.tsv --progress false
 	$(PY) -m lightning_modules fit $(A2E_CONFIGS) --config configs/experiment/a2e_s1.yaml --trainer.max_steps $(S1_A2E_STEPS) \
 	  --trainer.logger.init_args.run_name a2e-$$(date +%Y%m%d-%H%M%S)
 	$(PY) -m lightning_modules.a2e.table5 --experiment a2e-s1 --last 1
 	$(PY) -m lightning_modules fit $(RENDERER_CONFIGS) --config configs/experiment/renderer_cpu_realtime.yaml --config configs/experiment/renderer_s1.yaml \
-	  --trainer.max_time $(S1_RENDERER_TIME) --trainer.logger.init_args.run_name cpu128-$$(date +%Y%m%d-%H%M%S)
-	$(PY) -m lightning_modules evaluate --a2e checkpoints/a2e-s1 --renderer checkpoints/renderer-s1 --shards sharded_data/grid_s1 --split val \
+	  --trainer.max_time $(S1_RENDERER_TIME) --trainer.logger.init_args.run_name cpu128-$(S1_RUN)
+	$(PY) -m lightning_modules fit $(RENDERER_CONFIGS) --config configs/experiment/renderer_cpu_realtime.yaml --config configs/experiment/renderer_s1.yaml \
+	  --config configs/experiment/renderer_s1_256.yaml --init_from checkpoints/renderer-s1/cpu128-$(S1_RUN)/last.ckpt \
+	  --trainer.max_time $(S1_RENDERER_256_TIME) --trainer.logger.init_args.run_name cpu256-$(S1_RUN)
+	$(PY) -m lightning_modules evaluate --a2e checkpoints/a2e-s1 --renderer $(S1_RENDERER) --shards sharded_data/grid_s1 --split val \
 	  --out $(S1_OUT) --baselines reference blur --fitted --identity-every 5 --fd-every 2 --videos 2 --max-clips $(S1_EVAL_CLIPS)
 	$(S1_DUB) --audio $(S1)/$(S1_SENTENCE).mp4 --out $(S1_OUT)/dub_$(S1_SENTENCE)_own_voice.mp4
 	$(PY) -m lightning_modules.inference.contact_sheet --source $(S1)/$(S1_SENTENCE).mp4 --dubbed $(S1_OUT)/dub_$(S1_SENTENCE)_own_voice.mp4 --out $(S1_OUT)/sheet_own_voice.png

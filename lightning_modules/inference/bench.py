@@ -1,8 +1,9 @@
 """``python -m lightning_modules.inference.bench``: `dub` and `stream` end to end, per stage, on a bundled clip.
 
 Rows: the demo checkpoints (``make demo``), the CPU real-time preset with and without the corpus
-preset's mouth sketch, and the paper-size renderer (configs/experiment/renderer_cpu_realtime.yaml,
-renderer_corpus.yaml, configs/model/renderer.yaml; random weights: speed does not depend on them)
+preset's mouth sketch, the same preset at 256 px with the sketch (the speaker model's second stage) and the paper-size
+renderer (configs/experiment/renderer_cpu_realtime.yaml, renderer_corpus.yaml, renderer_s1_256.yaml,
+configs/model/renderer.yaml; random weights: speed does not depend on them)
 behind the demo A2E; the reference-feature cache on/off; ONNX Runtime vs PyTorch eager. Frames/s
 per stage are frames divided by the seconds spent in that stage.
 """
@@ -77,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         # the corpus preset's mouth sketch: what drawing it per frame adds to dub and stream
         "CPU real-time + mouth sketch": preset_renderer(demo, "configs/model/renderer.yaml", "configs/data/renderer.yaml",
                                                         "configs/experiment/renderer_cpu_realtime.yaml", "configs/experiment/renderer_corpus.yaml"),
+        # the speaker model's second stage: the CPU preset drawing at the crops' own 256 px (sharp, not real time on a CPU)
+        "CPU preset at 256 px (speaker model)": preset_renderer(demo, "configs/model/renderer.yaml", "configs/data/renderer.yaml",
+                                                                "configs/experiment/renderer_cpu_realtime.yaml", "configs/experiment/renderer_s1.yaml",
+                                                                "configs/experiment/renderer_s1_256.yaml"),
         "paper-size": preset_renderer(demo, "configs/model/renderer.yaml", "configs/data/renderer.yaml"),
     }
     header = ["renderer", "px", "frames", *STAGES, "total fps"]
