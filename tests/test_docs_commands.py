@@ -4,8 +4,10 @@ the pages resolves (the pages are GitHub's headings' slugs apart)."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -64,14 +66,16 @@ def test_every_command_the_guide_names_exists(page: Path) -> None:
     assert not missing, f"{page.name} names what does not exist: {missing}"
 
 
-def anchors(page: Path) -> set[str]:
+@functools.cache
+def anchors(page: Path) -> frozenset[str]:
     """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to hyphens, repeats numbered."""
     text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
-    seen: dict[str, int] = {}
+    found, repeats = set(), Counter()
     for heading in re.findall(r"^#{1,6}\s+(.+?)\s*$", text, re.M):
         slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
-        seen[slug if slug not in seen else f"{slug}-{seen[slug]}"] = seen.get(slug, 0) + 1
-    return set(seen)
+        found.add(f"{slug}-{repeats[slug]}" if repeats[slug] else slug)
+        repeats[slug] += 1
+    return frozenset(found)
 
 
 def broken_links(page: Path) -> list[str]:
@@ -91,7 +95,8 @@ def broken_links(page: Path) -> list[str]:
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_link_resolves(page: Path) -> None:
-    assert not broken_links(page), f"{page.name} links to what does not exist: {broken_links(page)}"
+    broken = broken_links(page)
+    assert not broken, f"{page.name} links to what does not exist: {broken}"
 
 
 def test_the_link_checker_sees_a_missing_file_and_anchor(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # the corpus preset's mouth sketch: what drawing it per frame adds to dub and stream
         "CPU real-time + mouth sketch": preset_renderer(demo, "configs/model/renderer.yaml", "configs/data/renderer.yaml",
                                                         "configs/experiment/renderer_cpu_realtime.yaml", "configs/experiment/renderer_corpus.yaml"),
-        # the speaker model's second stage: the CPU preset drawing at the crops' own 256 px (sharp, not real time on a CPU)
+        # the speaker model's second stage: the CPU preset drawing at the crops' own 256 px (sharper, slower)
         "CPU preset at 256 px (speaker model)": preset_renderer(demo, "configs/model/renderer.yaml", "configs/data/renderer.yaml",
                                                                 "configs/experiment/renderer_cpu_realtime.yaml", "configs/experiment/renderer_s1.yaml",
                                                                 "configs/experiment/renderer_s1_256.yaml"),
