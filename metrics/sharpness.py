@@ -9,13 +9,18 @@ from torchmetrics import Metric
 LUMA = (0.299, 0.587, 0.114)
 
 
+def luma_laplacian(frames: torch.Tensor) -> torch.Tensor:
+    """The 3×3 Laplacian of the frames' luma: [N, 1, H, W] from [N, 3, H, W] (any value range; it is linear)."""
+    luma = (frames * frames.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return laplacian(luma, 3, border_type="replicate", normalized=False)
+
+
 def laplacian_energy(frames: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     """Per frame, the mean squared Laplacian (3×3) of the luma over ``region`` (weights in [0, 1]): [N].
 
     Frames [N, 3, H, W] in [0, 1]. A soft image (upscaled, blurred) has little energy at the highest frequencies.
     """
-    luma = (frames * frames.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    edges = laplacian(luma, 3, border_type="replicate", normalized=False)
+    edges = luma_laplacian(frames)
     return (edges.pow(2) * region).flatten(1).sum(1) / region.flatten(1).sum(1).clamp_min(1e-6)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from lightning_modules.inference.dub import dub_one
 from lightning_modules.inference.networks import load_pair
@@ -33,10 +34,12 @@ def setup(tmp_path_factory) -> dict[str, Path]:
 def test_adapt_fine_tunes_checks_resumes_and_dub_takes_it(setup) -> None:
     root, out = setup["root"], setup["root"] / "out"
     args = ["adapt", "--video", str(setup["video"]), "--renderer", str(setup["renderer"]), "--minutes", "0.1", "--out", str(out),
-            "--cache-dir", str(root / "cache"), "--metrics", "quality", "sharpness", "--no-progress"]
+            "--image-size", "96", "--cache-dir", str(root / "cache"), "--metrics", "quality", "sharpness", "--no-progress"]
     first = run_cli(root, *args)
     assert "samples written            2" in first.stdout  # the video's start (train) and end (val)
     assert (out / "renderer.ckpt").is_file()
+    data = yaml.safe_load((out / "fit.yaml").read_text())["data"]["init_args"]
+    assert (data["image_size"], data["batch_size"]) == (96, 1)  # the generic one's 64 px and batch 2, the batch scaled by the sides
     rows = {r["system"]: r for r in csv.DictReader(open(out / "eval" / "table.csv"))}
     assert set(rows) == {"fitted β (a perfect A2E) + generic", "fitted β (a perfect A2E) + adapt-person",
                          "baseline: reference frame's lower face", "baseline: source blurred in the mask"}
@@ -56,6 +59,7 @@ def test_adapt_fine_tunes_checks_resumes_and_dub_takes_it(setup) -> None:
     a2e, renderer = load_pair(tiny_a2e(root / "a2e.ckpt"), out / "renderer.ckpt")
     report, _ = dub_one(setup["video"], SAMPLES / "lbax4n.mpg", root / "dubbed.mp4", a2e, renderer, progress=False, cache_dir=root / "avatars")
     assert report.redrawn > 0 and probe(root / "dubbed.mp4").has_audio
+    assert renderer.image_size == 96  # dub renders at the size it was adapted at
 
 
 def test_adapt_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys) -> None:
@@ -65,6 +69,8 @@ def test_adapt_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys) -> None
     a2e = tiny_a2e(tmp_path / "a2e.ckpt")
     assert adapt_main(["--video", str(setup["video"]), "--renderer", str(a2e), *common]) == 2
     assert "not a FIARenderer" in capsys.readouterr().err
+    assert adapt_main(["--video", str(setup["video"]), "--renderer", str(setup["renderer"]), "--image-size", "100", *common]) == 2
+    assert "--image-size 100: give a multiple of 16" in capsys.readouterr().err
     blank = write_video(tmp_path / "wall.mp4", np.full((150, 96, 128, 3), 90, np.uint8), audio=np.zeros(150 * 640, np.float32))
     assert adapt_main(["--video", str(blank), "--renderer", str(setup["renderer"]), *common]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]

@@ -113,8 +113,12 @@ def shard_video(video: Path, face_model: str | None, holdout: float, cache_dir: 
 
 
 def fit_config(ckpt: dict[str, Any], shards: Path, minutes: float, out: Path, run_name: str, gpu: bool, batch_size: int | None,
-               progress: bool = True) -> dict[str, Any]:
-    """A ``fit`` config of the checkpoint's own model and data options, on ``shards``, for ``minutes`` of training."""
+               progress: bool = True, image_size: int | None = None) -> dict[str, Any]:
+    """A ``fit`` config of the checkpoint's own model and data options, on ``shards``, for ``minutes`` of training.
+
+    ``image_size`` other than the checkpoint's (the networks hold no size-bound weights) divides its batch size by the
+    ratio of the sides, not of the areas: the measured 256 px recipe, batch 4 from a 128 px batch of 8 (docs/one_speaker.md).
+    """
     hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_") and k not in LINKED_MODEL_KEYS}
     hp["net"]["init_args"] = {k: v for k, v in hp["net"].get("init_args", {}).items() if k not in LINKED_NET_KEYS}
     hp["disc_start_step"] = 0  # the critic comes trained with the generator
@@ -122,6 +126,9 @@ def fit_config(ckpt: dict[str, Any], shards: Path, minutes: float, out: Path, ru
     data = {k: v for k, v in (ckpt.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
     data |= {"shards": str(shards), "exclude": None, "eval_clips": None, "train_batches_per_epoch": None,
              "num_workers": 1, "persistent_workers": True, "clip_shuffle": 1}
+    if image_size and image_size != data["image_size"]:
+        data["batch_size"] = max(1, data["batch_size"] * data["image_size"] // image_size)
+        data["image_size"] = image_size
     if batch_size:
         data["batch_size"] = batch_size
     total = round(minutes * 60)
@@ -148,7 +155,8 @@ def fine_tune(renderer: Path, shards: Path, args: argparse.Namespace, fit_args: 
     _, ckpt = read_checkpoint(renderer)
     run_name = f"adapt-{args.video.stem}"
     folder = args.out / "checkpoints" / EXPERIMENT / run_name
-    config = fit_config(ckpt, shards, args.minutes, args.out, run_name, args.device == "cuda", args.batch_size, not args.no_progress)
+    config = fit_config(ckpt, shards, args.minutes, args.out, run_name, args.device == "cuda", args.batch_size, not args.no_progress,
+                        args.image_size)
     plain = json.loads(json.dumps(config))  # tuples a checkpoint may hold become lists, which YAML writes plainly
     (args.out / "fit.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
     start = ["--ckpt_path", "last"] if (folder / "last.ckpt").is_file() else ["--init_from", str(renderer)]
@@ -187,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=5.0, help="training time of the fine-tuning (default 5)")
     p.add_argument("--out", type=Path, required=True, help="output folder: renderer.ckpt, table.md, eval/, checkpoints/")
     p.add_argument("--holdout", type=float, default=0.2, help="share of the video at its end kept for the check (default 0.2)")
-    p.add_argument("--batch-size", type=int, help="examples per step (default: the checkpoint's)")
+    p.add_argument("--image-size", type=int, help="rendering size in px (default: the checkpoint's). 256, the crops' own, is sharper and "
+                   "half as fast to train and to dub (docs/one_speaker.md); the batch shrinks by the same ratio")
+    p.add_argument("--batch-size", type=int, help="examples per step (default: the checkpoint's, scaled for --image-size)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda (bf16) or cpu")
     p.add_argument("--cache-dir", type=Path, help=f"where the video's shards are kept (default {default_cache_dir().parent / 'adapt'})")
     p.add_argument("--no-check", action="store_true", help="skip the table on the held-out end")
@@ -202,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     if args.minutes <= 0 or not 0 < args.holdout < 1:
         return _fail("--minutes must be above 0 and --holdout between 0 and 1")
+    if args.image_size is not None and not (32 <= args.image_size <= 512 and args.image_size % 16 == 0):
+        return _fail(f"--image-size {args.image_size}: give a multiple of 16 from 32 to 512 (256 is the crops' own size)")
     if not args.video.is_file():
         return _fail(f"--video {args.video}: no such file")
     try:

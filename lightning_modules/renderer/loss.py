@@ -1,4 +1,5 @@
-"""Renderer losses: λ1·L1 + λ2·perceptual + λ3·adversarial + λ4·teeth L1 (RealTalk §3.2), and the critic's hinge loss."""
+"""Renderer losses: λ1·L1 + λ2·perceptual + λ3·adversarial + λ4·teeth L1 (RealTalk §3.2), an optional detail term
+(ours), and the critic's hinge loss."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metrics.backbones import FeaturePyramid
+from metrics.sharpness import luma_laplacian
 
 
 class PerceptualLoss(nn.Module):
@@ -47,6 +49,18 @@ def masked_l1(
     return err.sum(dims) / total.clamp_min(1.0)
 
 
+def detail_amplitude(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """RMS of the luma's Laplacian in each ``patch``×``patch`` tile: how much fine detail each tile holds [B, 1, H/p, W/p]."""
+    return F.avg_pool2d(luma_laplacian(images).square(), patch).add(1e-6).sqrt()
+
+
+def detail_loss(fake: torch.Tensor, real: torch.Tensor, patch: int, per_sample: bool = False) -> torch.Tensor:
+    """L1 between the tiles' detail amplitudes of two images: asks for as much fine detail as the target has, where it
+    has it, without asking where in the tile each edge lies (which pixel losses do, and average to a blur when unsure)."""
+    err = (detail_amplitude(fake, patch) - detail_amplitude(real, patch)).abs()
+    return err.flatten(1).mean(1) if per_sample else err.mean()
+
+
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
 
@@ -60,6 +74,9 @@ class RendererLoss(nn.Module):
         lambda_perceptual: λ2.
         lambda_adversarial: λ3 (hinge generator loss, only once the discriminator has started).
         lambda_teeth: λ4, L1 over the teeth mask M′.
+        lambda_detail: weight of :func:`detail_loss` (not in the paper; 0 = off): the sharpness term of
+            docs/one_speaker.md, measured there.
+        detail_patch: its tile side in px.
         perceptual_autocast: run the perceptual network under the training's mixed precision instead of
             fp32 (its distances, not its activations, are what the loss uses; docs/training.md "GPU options" has the
             measured difference); the distances themselves are taken in fp32 either way.
@@ -67,12 +84,14 @@ class RendererLoss(nn.Module):
 
     def __init__(
         self, perceptual: PerceptualLoss, lambda_l1: float = 1.0, lambda_perceptual: float = 1.0, lambda_adversarial: float = 0.1, lambda_teeth: float = 1.0,
-        perceptual_autocast: bool = False,
+        perceptual_autocast: bool = False, lambda_detail: float = 0.0, detail_patch: int = 8,
     ) -> None:
         super().__init__()
         self.perceptual = perceptual
         self.perceptual_autocast = perceptual_autocast
-        self.lambdas = {"l1": lambda_l1, "perceptual": lambda_perceptual, "adversarial": lambda_adversarial, "teeth": lambda_teeth}
+        self.detail_patch = detail_patch
+        self.lambdas = {"l1": lambda_l1, "perceptual": lambda_perceptual, "adversarial": lambda_adversarial, "teeth": lambda_teeth,
+                        "detail": lambda_detail}
 
     def forward(
         self, fake: torch.Tensor, real: torch.Tensor, teeth: torch.Tensor, fake_logits: torch.Tensor | None, stage: str, teeth_pixels: torch.Tensor | None = None,
@@ -86,6 +105,8 @@ class RendererLoss(nn.Module):
             with torch.autocast(device, dtype=amp_dtype, enabled=amp):
                 perceptual = self.perceptual(fake, real)
             parts = {"l1": F.l1_loss(fake, real), "perceptual": perceptual.float(), "teeth": masked_l1(fake, real, teeth.float(), pixels=teeth_pixels)}
+            if self.lambdas["detail"]:
+                parts["detail"] = detail_loss(fake, real, self.detail_patch)
             if fake_logits is not None:
                 parts["adversarial"] = -fake_logits.float().mean()
         total = sum(self.lambdas[k] * v for k, v in parts.items())
@@ -104,5 +125,7 @@ class RendererLoss(nn.Module):
             fake, real = fake.float(), real.float()
             parts = {"l1": (fake - real).abs().flatten(1).mean(1), "perceptual": self.perceptual(fake, real, per_sample=True),
                      "teeth": masked_l1(fake, real, teeth.float(), per_sample=True)}
+            if self.lambdas["detail"]:
+                parts["detail"] = detail_loss(fake, real, self.detail_patch, per_sample=True)
         parts["total"] = sum(self.lambdas[k] * v for k, v in parts.items())
         return {f"{stage}/loss/{k}": v for k, v in parts.items()}
