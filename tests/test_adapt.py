@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from lightning_modules.inference.dub import dub_one
@@ -34,12 +35,14 @@ def setup(tmp_path_factory) -> dict[str, Path]:
 def test_adapt_fine_tunes_checks_resumes_and_dub_takes_it(setup) -> None:
     root, out = setup["root"], setup["root"] / "out"
     args = ["adapt", "--video", str(setup["video"]), "--renderer", str(setup["renderer"]), "--minutes", "0.1", "--out", str(out),
-            "--image-size", "96", "--cache-dir", str(root / "cache"), "--metrics", "quality", "sharpness", "--no-progress"]
+            "--image-size", "96", "--detail", "2", "--cache-dir", str(root / "cache"), "--metrics", "quality", "sharpness", "--no-progress"]
     first = run_cli(root, *args)
     assert "samples written            2" in first.stdout  # the video's start (train) and end (val)
     assert (out / "renderer.ckpt").is_file()
     data = yaml.safe_load((out / "fit.yaml").read_text())["data"]["init_args"]
     assert (data["image_size"], data["batch_size"]) == (96, 1)  # the generic one's 64 px and batch 2, the batch scaled by the sides
+    trained = torch.load(out / "renderer.ckpt", map_location="cpu", weights_only=False)["optimizer_states"]
+    assert [(g["lr"], tuple(g["betas"])) for o in trained for g in o["param_groups"]] == [(1e-3, (0.9, 0.999))] * 2  # adapt's, not the preset's
     rows = {r["system"]: r for r in csv.DictReader(open(out / "eval" / "table.csv"))}
     assert set(rows) == {"fitted β (a perfect A2E) + generic", "fitted β (a perfect A2E) + adapt-person",
                          "baseline: reference frame's lower face", "baseline: source blurred in the mask"}
@@ -50,6 +53,7 @@ def test_adapt_fine_tunes_checks_resumes_and_dub_takes_it(setup) -> None:
     assert run.data.tags["parent/run_name"] == "generic"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss/l1")]
     assert steps and steps[0] < 10  # a new run from step 0, not the parent's count
+    assert client.get_metric_history(run.info.run_id, "train/loss/detail")  # --detail turned the term on (the preset has it off)
 
     # the same command again: the shards come from the cache, the fine-tuning resumes its run and its clock
     second = run_cli(root, *args)
@@ -71,6 +75,8 @@ def test_adapt_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys) -> None
     assert "not a FIARenderer" in capsys.readouterr().err
     assert adapt_main(["--video", str(setup["video"]), "--renderer", str(setup["renderer"]), "--image-size", "100", *common]) == 2
     assert "--image-size 100: give a multiple of 16" in capsys.readouterr().err
+    assert adapt_main(["--video", str(setup["video"]), "--renderer", str(setup["renderer"]), "--detail", "-1", *common]) == 2
+    assert "--detail -1.0: give a weight of 0 or more" in capsys.readouterr().err
     blank = write_video(tmp_path / "wall.mp4", np.full((150, 96, 128, 3), 90, np.uint8), audio=np.zeros(150 * 640, np.float32))
     assert adapt_main(["--video", str(blank), "--renderer", str(setup["renderer"]), *common]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]

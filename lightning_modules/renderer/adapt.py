@@ -6,18 +6,20 @@
    the first 80% of the video for training, the last 20% held out (``--holdout``). Cached per video
    content under ``$REALTALK_CACHE/adapt`` (like ``dub``'s face tracks), so a second adaptation of the
    same video skips this step.
-2. **Fine-tuning**: ``fit --init_from CKPT`` with the checkpoint's own model and data options (the
-   critic starts at once: it comes trained too) for ``--minutes`` of training on the GPU when there is one,
-   else the CPU, into ``DIR/checkpoints``; the MLflow run (experiment ``adapt``) names its parent.
+2. **Fine-tuning**: ``fit --init_from CKPT`` with the checkpoint's own model and data options, except three: the
+   crops' own size, 256 px (``--image-size``), the loss's detail term on (``--detail``), and Adam at 1e-3 for both
+   networks (a checkpoint keeps no optimizer). The critic starts at once: it comes trained too. ``--minutes`` of
+   training on the GPU when there is one, else the CPU, into ``DIR/checkpoints``; the MLflow run (experiment
+   ``adapt``) names its parent.
    Stopped (Ctrl-C, a killed job), the same command resumes it until its time is spent.
 3. **Check** on the held-out end: the generic and the adapted renderer, driven by the clip's fitted
    expressions and (with ``--a2e``) by the A2E from its audio, beside the two baselines that need no
    training (the reference's lower face, the source blurred in the mask): ``DIR/table.md``, printed.
 4. ``DIR/renderer.ckpt``: the adapted checkpoint; ``dub`` and ``stream`` take it as ``--renderer``.
 
-``--image-size 256`` fine-tunes at the crops' own size instead of the checkpoint's: a sharper face, at about half
-the speed in training and in ``dub``. Extra ``fit`` options follow ``--``, e.g.
-``-- --model.init_args.loss.init_args.lambda_detail 1`` (the detail term; docs/one_speaker.md has both measured).
+The defaults are the sharpest recipe measured (docs/one_speaker.md): a 128 px generic renderer adapted at 256 px
+draws at half its speed in ``dub`` and ``stream``. ``--image-size 128 --detail 0`` keeps the checkpoint's size and
+loss: twice as fast, and much softer. Extra ``fit`` options follow ``--``, e.g. ``-- --trainer.max_steps 300``.
 Bad input (no such file, no face, less than 5 s of face, a checkpoint of the other stage) gets one line and exit 2.
 """
 
@@ -42,12 +44,20 @@ from tqdm import tqdm
 from lightning_modules.inference.avatar import default_cache_dir, file_sha1
 from lightning_modules.inference.networks import CheckpointError, load_pair, load_renderer, read_checkpoint
 from preprocess.errors import ClipError, ConfigError
+from preprocess.face_track import CropConfig
 
 EXPERIMENT = "adapt"
 MIN_FACE_SECONDS = 5.0
 # keys LightningCLI links from the data config into the model's: given twice, jsonargparse refuses them
 LINKED_MODEL_KEYS = ("window", "num_history", "face_model")
 LINKED_NET_KEYS = ("audio_dim", "shape_dim", "exp_dim")
+# A checkpoint keeps no optimizer (factories are left out of its hyperparameters), so adapt names its own, for both
+# networks: Adam at 1e-3 (torch's default, which adapt used unnamed before) beat the presets' 1e-4 with β1 0.5, and
+# 2e-3, on an adapted speaker at equal iterations (docs/one_speaker.md "How strong a detail term, and the learning rate").
+OPTIMIZER = {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-3, "betas": [0.9, 0.999]}}
+# λ of the loss's detail term: at 256 px, 20 kept 0.78-0.88 of the source's sharpness on three adapted speakers, with
+# their closest mouths (the same section)
+DETAIL = 20.0
 
 
 class TimeLeftBar(L.Callback):
@@ -115,16 +125,20 @@ def shard_video(video: Path, face_model: str | None, holdout: float, cache_dir: 
 
 
 def fit_config(ckpt: dict[str, Any], shards: Path, minutes: float, out: Path, run_name: str, gpu: bool, batch_size: int | None,
-               progress: bool = True, image_size: int | None = None) -> dict[str, Any]:
+               progress: bool = True, image_size: int | None = None, detail: float | None = None) -> dict[str, Any]:
     """A ``fit`` config of the checkpoint's own model and data options, on ``shards``, for ``minutes`` of training.
 
     ``image_size`` other than the checkpoint's (the networks hold no size-bound weights) divides its batch size by the
     ratio of the sides, not of the areas: the measured 256 px recipe, batch 4 from a 128 px batch of 8 (docs/one_speaker.md).
+    ``detail`` replaces the loss's λ_detail.
     """
     hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_") and k not in LINKED_MODEL_KEYS}
     hp["net"]["init_args"] = {k: v for k, v in hp["net"].get("init_args", {}).items() if k not in LINKED_NET_KEYS}
     hp["disc_start_step"] = 0  # the critic comes trained with the generator
     hp["compile"] = False
+    hp["optimizer_g"] = hp["optimizer_d"] = OPTIMIZER
+    if detail is not None:
+        hp["loss"]["init_args"]["lambda_detail"] = detail
     data = {k: v for k, v in (ckpt.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
     data |= {"shards": str(shards), "exclude": None, "eval_clips": None, "train_batches_per_epoch": None,
              "num_workers": 1, "persistent_workers": True, "clip_shuffle": 1}
@@ -158,7 +172,7 @@ def fine_tune(renderer: Path, shards: Path, args: argparse.Namespace, fit_args: 
     run_name = f"adapt-{args.video.stem}"
     folder = args.out / "checkpoints" / EXPERIMENT / run_name
     config = fit_config(ckpt, shards, args.minutes, args.out, run_name, args.device == "cuda", args.batch_size, not args.no_progress,
-                        args.image_size)
+                        args.image_size, args.detail)
     plain = json.loads(json.dumps(config))  # tuples a checkpoint may hold become lists, which YAML writes plainly
     (args.out / "fit.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
     start = ["--ckpt_path", "last"] if (folder / "last.ckpt").is_file() else ["--init_from", str(renderer)]
@@ -197,8 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=5.0, help="training time of the fine-tuning (default 5)")
     p.add_argument("--out", type=Path, required=True, help="output folder: renderer.ckpt, table.md, eval/, checkpoints/")
     p.add_argument("--holdout", type=float, default=0.2, help="share of the video at its end kept for the check (default 0.2)")
-    p.add_argument("--image-size", type=int, help="rendering size in px (default: the checkpoint's). 256, the crops' own, is sharper and "
-                   "half as fast to train and to dub (docs/one_speaker.md); the batch shrinks by the same ratio")
+    p.add_argument("--image-size", type=int, default=CropConfig.size, help=f"rendering size in px (default {CropConfig.size}, the crops' own); "
+                   "the batch scales by the ratio of the sides. A 128 px checkpoint's own size trains and dubs twice as fast, much softer")
+    p.add_argument("--detail", type=float, default=DETAIL, metavar="LAMBDA", help=f"weight of the renderer loss's detail term (default {DETAIL:g}: "
+                   "at 256 px the sharpest face measured without losing mouth accuracy; 0 = off, as in the presets)")
     p.add_argument("--batch-size", type=int, help="examples per step (default: the checkpoint's, scaled for --image-size)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda (bf16) or cpu")
     p.add_argument("--cache-dir", type=Path, help=f"where the video's shards are kept (default {default_cache_dir().parent / 'adapt'})")
@@ -214,7 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     if args.minutes <= 0 or not 0 < args.holdout < 1:
         return _fail("--minutes must be above 0 and --holdout between 0 and 1")
-    if args.image_size is not None and not (32 <= args.image_size <= 512 and args.image_size % 16 == 0):
+    if args.detail < 0:
+        return _fail(f"--detail {args.detail}: give a weight of 0 or more")
+    if not (32 <= args.image_size <= 512 and args.image_size % 16 == 0):
         return _fail(f"--image-size {args.image_size}: give a multiple of 16 from 32 to 512 (256 is the crops' own size)")
     if not args.video.is_file():
         return _fail(f"--video {args.video}: no such file")
