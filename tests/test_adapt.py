@@ -32,7 +32,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "renderer": root / "checkpoints" / "realtalk" / "generic" / "last.ckpt", "video": video}
 
 
-def test_adapt_fine_tunes_checks_resumes_and_dub_takes_it(setup) -> None:
+def test_adapt_fine_tunes_checks_resumes_and_dub_takes_it(setup, capsys) -> None:
     root, out = setup["root"], setup["root"] / "out"
     args = ["adapt", "--video", str(setup["video"]), "--renderer", str(setup["renderer"]), "--minutes", "0.1", "--out", str(out),
             "--image-size", "96", "--detail", "2", "--cache-dir", str(root / "cache"), "--metrics", "quality", "sharpness", "--no-progress"]
@@ -59,6 +59,9 @@ def test_adapt_fine_tunes_checks_resumes_and_dub_takes_it(setup) -> None:
     second = run_cli(root, *args)
     assert "samples written" not in second.stdout and "resuming the fine-tuning" in second.stderr
     assert [r.info.run_name for r in mlflow_runs(root)[1]].count("adapt-person") == 1
+    # resumed with another setting, it stops before training rather than change what the run learns halfway
+    assert adapt_main([*args[1:], "--detail", "3"]) == 2
+    assert "other settings (model.init_args.loss.init_args.lambda_detail: 2.0 -> 3.0)" in capsys.readouterr().err
 
     a2e, renderer = load_pair(tiny_a2e(root / "a2e.ckpt"), out / "renderer.ckpt")
     report, _ = dub_one(setup["video"], SAMPLES / "lbax4n.mpg", root / "dubbed.mp4", a2e, renderer, progress=False, cache_dir=root / "avatars")

@@ -11,7 +11,8 @@
    networks (a checkpoint keeps no optimizer). The critic starts at once: it comes trained too. ``--minutes`` of
    training on the GPU when there is one, else the CPU, into ``DIR/checkpoints``; the MLflow run (experiment
    ``adapt``) names its parent.
-   Stopped (Ctrl-C, a killed job), the same command resumes it until its time is spent.
+   Stopped (Ctrl-C, a killed job), the same command resumes it until its time is spent; given other options,
+   it stops with one line instead of changing the run halfway.
 3. **Check** on the held-out end: the generic and the adapted renderer, driven by the clip's fitted
    expressions and (with ``--a2e``) by the A2E from its audio, beside the two baselines that need no
    training (the reference's lower face, the source blurred in the mask): ``DIR/table.md``, printed.
@@ -164,8 +165,15 @@ def fit_config(ckpt: dict[str, Any], shards: Path, minutes: float, out: Path, ru
     }
 
 
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"a.b.c": value}``."""
+    if isinstance(tree, dict):
+        return {key: value for name, sub in tree.items() for key, value in _leaves(sub, f"{prefix}{name}.").items()}
+    return {prefix[:-1]: tree}
+
+
 def fine_tune(renderer: Path, shards: Path, args: argparse.Namespace, fit_args: list[str]) -> Path:
-    """Run (or resume) the fine-tuning; the path of its final checkpoint."""
+    """Run (or resume, with the same options) the fine-tuning; the path of its final checkpoint."""
     from lightning_modules.cli import main as cli_main
 
     _, ckpt = read_checkpoint(renderer)
@@ -174,8 +182,15 @@ def fine_tune(renderer: Path, shards: Path, args: argparse.Namespace, fit_args: 
     config = fit_config(ckpt, shards, args.minutes, args.out, run_name, args.device == "cuda", args.batch_size, not args.no_progress,
                         args.image_size, args.detail)
     plain = json.loads(json.dumps(config))  # tuples a checkpoint may hold become lists, which YAML writes plainly
+    resume = (folder / "last.ckpt").is_file()
+    if resume and (args.out / "fit.yaml").is_file():  # a run resumed with other options would change what it learns halfway
+        before = yaml.safe_load((args.out / "fit.yaml").read_text())
+        old, new = (_leaves({k: tree.get(k) for k in ("model", "data")}) for tree in (before, plain))
+        if changed := [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]:
+            raise ConfigError(f"{args.out} holds a fine-tuning begun with other settings ({'; '.join(changed[:3])}): "
+                              "give the options it was started with to resume it, or another --out")
     (args.out / "fit.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
-    start = ["--ckpt_path", "last"] if (folder / "last.ckpt").is_file() else ["--init_from", str(renderer)]
+    start = ["--ckpt_path", "last"] if resume else ["--init_from", str(renderer)]
     if start[0] == "--ckpt_path":
         print(f"resuming the fine-tuning in {folder} (its time counts on from where it stopped)", file=sys.stderr)
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees both its args and this command's own
